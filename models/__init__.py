@@ -1,0 +1,1 @@
+"""Detection: features, rules, online river detectors, offline retraining, registry, evaluation."""

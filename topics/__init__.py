@@ -1,0 +1,1 @@
+"""The wire: event records, the topic catalog, codecs and adapters from the outside world."""

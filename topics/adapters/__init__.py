@@ -1,0 +1,1 @@
+"""Adapters from outside payloads (OCPP frames, PSP bodies, CSV exports) to canonical records."""
