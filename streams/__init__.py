@@ -1,0 +1,1 @@
+"""The imperative shell: Kafka loops, the Faust app, CLI, sinks and metrics."""

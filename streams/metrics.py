@@ -1,0 +1,30 @@
+"""Prometheus metrics of voltguard processes (``voltguard_<area>_<thing>_<unit>``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+__all__ = ["DEAD_LETTERS", "INGEST_BATCH_SECONDS", "INGEST_EVENTS", "serve_metrics"]
+
+INGEST_EVENTS = Counter(
+    "voltguard_ingest_events_total",
+    "Input messages handled by the ingest, by input topic and outcome "
+    "(accepted, pending, ignored, dead_letter).",
+    ["topic", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "voltguard_dead_letters_total",
+    "Messages sent to the dead-letter topic, by stage and error type.",
+    ["stage", "error"],
+)
+INGEST_BATCH_SECONDS = Histogram(
+    "voltguard_ingest_batch_seconds",
+    "Wall time of one ingest batch: processing plus its Kafka transaction.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``addr:port`` from a background thread (0 disables it)."""
+    if port:
+        start_http_server(port, addr=addr)

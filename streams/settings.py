@@ -1,0 +1,198 @@
+"""The one frozen :class:`Settings`, read once from the environment by the CLI.
+
+Every field is typed, defaulted and documented with its unit and environment variable
+(prefix ``VOLTGUARD_``). Secrets are :class:`Secret` so they never show in ``repr`` or logs.
+Libraries never read the environment: the CLI builds a ``Settings`` and passes it down.
+A bad setting fails at start-up with a message naming the option and its variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigError", "KafkaSettings", "Secret", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the option and its env variable."""
+
+
+class Secret:
+    """A secret value that prints as ``'**********'``.
+
+    >>> s = Secret("hunter2")
+    >>> s, str(s), s.get()
+    (Secret('**********'), '**********', 'hunter2')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Connection to Kafka; rendered to librdkafka keys by :meth:`client_config`.
+
+    Managed clusters: set ``security_protocol`` (``SSL``/``SASL_SSL``), ``sasl_mechanism``,
+    ``sasl_username``/``sasl_password`` and ``ssl_ca_location``.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list. Env: VOLTGUARD_BOOTSTRAP_SERVERS."""
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Env: VOLTGUARD_KAFKA_SECURITY_PROTOCOL."""
+    sasl_mechanism: str | None = None
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. Env: VOLTGUARD_KAFKA_SASL_MECHANISM."""
+    sasl_username: str | None = None
+    """Env: VOLTGUARD_KAFKA_SASL_USERNAME."""
+    sasl_password: Secret | None = None
+    """Env: VOLTGUARD_KAFKA_SASL_PASSWORD."""
+    ssl_ca_location: str | None = None
+    """CA bundle path for SSL. Env: VOLTGUARD_KAFKA_SSL_CA_LOCATION."""
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka configuration common to producers, consumers and admin clients."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable in a voltguard process."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    hash_secret: Secret = field(default_factory=lambda: Secret(""))
+    """Key of the HMAC that hashes idTags and card fingerprints at ingest. Required by the
+    ingest. Env: VOLTGUARD_HASH_SECRET."""
+    ingest_group_id: str = "voltguard-ingest"
+    """Consumer group of the ingest loops. Env: VOLTGUARD_INGEST_GROUP_ID."""
+    instance_id: str = field(default_factory=socket.gethostname)
+    """Stable name of this worker instance; with the group id it forms the transactional id,
+    so a restarted instance fences its predecessor. Env: VOLTGUARD_INSTANCE_ID."""
+    ingest_batch_max: int = 5000
+    """Most input messages per ingest transaction. Env: VOLTGUARD_INGEST_BATCH_MAX."""
+    ingest_batch_timeout_s: float = 0.05
+    """Longest wait for a batch to fill, seconds. Env: VOLTGUARD_INGEST_BATCH_TIMEOUT_S."""
+    transaction_timeout_ms: int = 15000
+    """Kafka transaction timeout; a crashed worker's open transaction is aborted after it at
+    the latest. Env: VOLTGUARD_TRANSACTION_TIMEOUT_MS."""
+    session_timeout_ms: int = 10000
+    """Consumer group session timeout. Env: VOLTGUARD_SESSION_TIMEOUT_MS."""
+    metrics_port: int = 0
+    """Port of /metrics (0: none). Env: VOLTGUARD_METRICS_PORT."""
+    metrics_addr: str = "127.0.0.1"
+    """Address /metrics listens on (0.0.0.0 in a container). Env: VOLTGUARD_METRICS_ADDR."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``VOLTGUARD_*`` variables, then apply ``overrides``.
+
+        ``overrides`` whose value is None are ignored (convenient for click options).
+
+        >>> s = Settings.from_env({"VOLTGUARD_BOOTSTRAP_SERVERS": "k:9093",
+        ...                        "VOLTGUARD_INGEST_BATCH_MAX": "100"})
+        >>> s.kafka.bootstrap_servers, s.ingest_batch_max
+        ('k:9093', 100)
+        >>> Settings.from_env({"VOLTGUARD_INGEST_BATCH_MAX": "many"})
+        Traceback (most recent call last):
+        ...
+        streams.settings.ConfigError: ingest_batch_max (env VOLTGUARD_INGEST_BATCH_MAX): 'many' is not a valid int
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "kafka":
+                continue
+            raw = env.get(f"VOLTGUARD_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f.name, f"VOLTGUARD_{f.name.upper()}", f.type, raw)
+        kafka_values: dict[str, Any] = {}
+        for f in dataclasses.fields(KafkaSettings):
+            var = (
+                "VOLTGUARD_BOOTSTRAP_SERVERS"
+                if f.name == "bootstrap_servers"
+                else f"VOLTGUARD_KAFKA_{f.name.upper()}"
+            )
+            raw = env.get(var)
+            if raw is not None:
+                kafka_values[f.name] = _convert(f.name, var, f.type, raw)
+        if overrides.get("bootstrap_servers") is not None:
+            kafka_values["bootstrap_servers"] = overrides["bootstrap_servers"]
+        for key, value in overrides.items():
+            if key == "bootstrap_servers" or value is None:
+                continue
+            if key == "hash_secret" and isinstance(value, str):
+                value = Secret(value)
+            values[key] = value
+        settings = cls(kafka=KafkaSettings(**kafka_values), **values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Fail early on values that cannot work."""
+        if self.ingest_batch_max < 1:
+            raise ConfigError(
+                "ingest_batch_max (env VOLTGUARD_INGEST_BATCH_MAX): must be at least 1"
+            )
+        if not self.kafka.bootstrap_servers:
+            raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")
+
+    def require_hash_secret(self) -> bytes:
+        """The hash secret as bytes, or a :class:`ConfigError` saying how to set it."""
+        if not self.hash_secret:
+            raise ConfigError(
+                "hash_secret (env VOLTGUARD_HASH_SECRET): required to hash tokens at ingest; "
+                "set it to a long random value and keep it stable (hashes must stay comparable)"
+            )
+        return self.hash_secret.get().encode()
+
+
+def _convert(name: str, var: str, type_: Any, raw: str) -> Any:
+    text = str(type_)
+    try:
+        if "Secret" in text:
+            return Secret(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        kind = "int" if text.startswith("int") else "float"
+        raise ConfigError(f"{name} (env {var}): {raw!r} is not a valid {kind}") from None
+    return raw

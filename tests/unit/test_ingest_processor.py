@@ -1,0 +1,160 @@
+"""The ingest's pure message handling: outputs, dead letters, pending-call state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from streams.ingest import IngestProcessor
+from topics.catalog import topic
+from topics.codec import decode
+from topics.identity import session_id_for
+from topics.records import DeadLetter, PaymentEvent
+
+NOW = datetime(2024, 3, 1, tzinfo=UTC)
+FRAMES = topic("ocpp_frames")
+
+
+def frame_msg(
+    frame: list[object], offset: int, partition: int = 0
+) -> tuple[str, int, int, bytes, bytes]:
+    value = orjson.dumps(
+        {
+            "station_id": "CP-9",
+            "received_at": "2024-03-01T12:00:00Z",
+            "protocol": "ocpp1.6",
+            "frame": frame,
+        }
+    )
+    return (FRAMES, partition, offset, b"CP-9", value)
+
+
+START = [2, "42", "StartTransaction", {"connectorId": 1, "idTag": "TAG", "meterStart": 5, "timestamp": "2024-03-01T12:00:00Z"}]  # fmt: skip
+RESULT = [3, "42", {"transactionId": 1001, "idTagInfo": {"status": "Accepted"}}]
+
+
+@pytest.fixture
+def processor() -> IngestProcessor:
+    return IngestProcessor(hash_secret=b"s")
+
+
+def test_bad_input_becomes_a_dead_letter_with_original_bytes(processor: IngestProcessor) -> None:
+    raw = b'{"station_id": "CP-9", "frame": [2, "x"'  # truncated JSON
+    result = processor.process([(FRAMES, 3, 77, b"CP-9", raw)], now=NOW)
+    [out] = result.outputs
+    assert out.topic == topic("dead_letters")
+    letter = decode(out.value or b"", DeadLetter)
+    assert letter.original_value == raw and letter.original_key == b"CP-9"
+    assert (letter.original_topic, letter.original_partition, letter.original_offset) == (
+        FRAMES,
+        3,
+        77,
+    )
+    assert letter.stage == "ingest" and letter.error_type == "RecordDecodeError"
+    assert "not valid JSON" in letter.reason
+    assert result.counts[("ocpp_frames", "dead_letter")] == 1
+
+
+def test_envelope_validation_names_the_field(processor: IngestProcessor) -> None:
+    value = orjson.dumps(
+        {"station_id": "CP-9", "received_at": "yesterday", "protocol": "ocpp1.6", "frame": []}
+    )
+    [out] = processor.process([(FRAMES, 0, 1, None, value)], now=NOW).outputs
+    assert "$.received_at" in decode(out.value or b"", DeadLetter).reason
+
+
+def test_null_value_is_a_dead_letter(processor: IngestProcessor) -> None:
+    [out] = processor.process([(topic("csms_session_events"), 0, 5, b"k", None)], now=NOW).outputs
+    assert decode(out.value or b"", DeadLetter).reason == "message has no value (null)"
+
+
+def test_start_transaction_state_is_written_to_the_changelog(processor: IngestProcessor) -> None:
+    first = processor.process([frame_msg(START, 0, partition=2)], now=NOW)
+    [put] = first.outputs
+    assert (put.topic, put.key, put.partition) == (topic("ocpp_pending_calls"), b"CP-9|42", 2)
+    assert processor.pending[2] == {"CP-9|42": put.value}
+    second = processor.process([frame_msg(RESULT, 1, partition=2)], now=NOW)
+    started, tombstone = second.outputs
+    assert (
+        started.topic == topic("session_events")
+        and started.key == session_id_for("CP-9", 1001).encode()
+    )
+    assert (tombstone.topic, tombstone.value, tombstone.partition) == (
+        topic("ocpp_pending_calls"),
+        None,
+        2,
+    )
+    assert processor.pending[2] == {}
+    assert second.counts[("ocpp_frames", "accepted")] == 1
+
+
+def test_restore_rebuilds_pending_calls(processor: IngestProcessor) -> None:
+    [put] = processor.process([frame_msg(START, 0, partition=1)], now=NOW).outputs
+    fresh = IngestProcessor(hash_secret=b"s")
+    assert fresh.restore(1, [(put.key, put.value), (b"CP-9|old", b"{}"), (b"CP-9|old", None)]) == 1
+    [started, _] = fresh.process([frame_msg(RESULT, 1, partition=1)], now=NOW).outputs
+    assert started.topic == topic("session_events")
+
+
+def test_ignored_frames_are_counted_not_dropped_silently(processor: IngestProcessor) -> None:
+    result = processor.process([frame_msg([2, "h", "Heartbeat", {}], 0)], now=NOW)
+    assert result.outputs == [] and result.counts[("ocpp_frames", "ignored")] == 1
+
+
+def test_payment_without_session_finds_it_from_station_and_transaction(
+    processor: IngestProcessor,
+) -> None:
+    value = orjson.dumps(
+        {
+            "event_id": "p1",
+            "event_time": "2024-03-01T12:00:00Z",
+            "source": "stripe",
+            "payment_id": "pi_1",
+            "station_id": "CP-9",
+            "transaction_id": "1001",
+            "psp": "stripe",
+            "psp_reference": "ch_1",
+            "kind": "captured",
+            "amount_minor": 990,
+            "currency": "EUR",
+            "method": "card",
+        }
+    )
+    [out] = processor.process([(topic("psp_payment_events"), 0, 0, None, value)], now=NOW).outputs
+    payment = decode(out.value or b"", PaymentEvent)
+    assert (
+        payment.session_id == session_id_for("CP-9", 1001)
+        and out.key == payment.session_id.encode()
+    )
+
+
+def test_canonical_session_event_with_a_raw_token_is_rejected(processor: IngestProcessor) -> None:
+    value = orjson.dumps(
+        {
+            "event_id": "e1",
+            "event_time": "2024-03-01T12:00:00Z",
+            "source": "csms",
+            "session_id": "s1",
+            "station_id": "CP-9",
+            "evse_id": 1,
+            "kind": "started",
+            "token_hash": "04A2B3C4D5E6F7",  # a raw RFID UID, not a hash
+        }
+    )
+    [out] = processor.process([(topic("csms_session_events"), 0, 0, b"s1", value)], now=NOW).outputs
+    letter = decode(out.value or b"", DeadLetter)
+    assert "$.token_hash" in letter.reason
+
+
+def test_unexpected_errors_are_dead_lettered_too(
+    processor: IngestProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(processor.adapter, "adapt", boom)
+    [out] = processor.process([frame_msg(START, 0)], now=NOW).outputs
+    letter = decode(out.value or b"", DeadLetter)
+    assert (letter.error_type, letter.reason) == ("ZeroDivisionError", "bug")
