@@ -208,7 +208,9 @@ def send(bootstrap_servers: str | None, path: Path) -> None:
                 item = orjson.loads(line)
                 spec = CATALOG[item["topic"]]
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise click.ClickException(f"{path}:{line_no}: not a topic/key/value line: {exc}") from None
+                raise click.ClickException(
+                    f"{path}:{line_no}: not a topic/key/value line: {exc}"
+                ) from None
             value = (
                 item["value_raw"].encode() if "value_raw" in item else orjson.dumps(item["value"])
             )

@@ -1,0 +1,50 @@
+# voltguard: every target installs what it needs first (venv, Python packages, Kafka jars).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-unit lint format bench-ingest kafka-up kafka-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## setup: virtualenv, Python dependencies and the pinned Kafka jars (cached outside the repo)
+setup: $(STAMP)
+	$(BIN)/python -c "from streams.localkafka import ensure_jars; print('Kafka jars in', ensure_jars())"
+
+## demo: local Kafka up, topics created, ingest worker running, simulated fleet traffic, live view
+demo: setup
+	$(BIN)/voltguard demo
+
+## test: lint, then every test (unit, doctests, integration against a real local broker)
+test: setup lint
+	$(BIN)/pytest -q
+
+## test-unit: fast loop without the broker
+test-unit: setup
+	$(BIN)/pytest -q -m "not kafka"
+
+lint: $(STAMP)
+	$(BIN)/ruff check --output-format concise .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench-ingest: OCPP MeterValues -> readings through one worker vs the bare consume ceiling
+bench-ingest: setup
+	$(BIN)/python -m streams.bench ingest --json-out bench-ingest.json
+
+kafka-up: setup
+	$(BIN)/voltguard kafka up
+
+kafka-down: setup
+	$(BIN)/voltguard kafka down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench-*.json
