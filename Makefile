@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench-ingest kafka-up kafka-down clean
+.PHONY: setup demo test test-unit lint format bench-ingest bench-simulate kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ kafka-down: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench-*.json
+
+## bench-simulate: simulator throughput to JSONL files (20,000 sessions, ~6 M events, ~3.6 GB in a temp dir)
+bench-simulate: setup
+	d=$$(mktemp -d) && VOLTGUARD_HASH_SECRET=bench $(BIN)/voltguard simulate --sessions 20000 --seed 7 --out $$d --no-progress; rm -rf $$d

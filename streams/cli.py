@@ -279,10 +279,12 @@ def _register_optional_commands() -> None:
     from streams.commands.demo import demo
     from streams.commands.importer import import_sessions
     from streams.commands.kafka import kafka_group
+    from streams.commands.simulate import simulate
 
     main.add_command(kafka_group)
     main.add_command(import_sessions)
     main.add_command(demo)
+    main.add_command(simulate)
 
 
 _register_optional_commands()
