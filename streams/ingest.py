@@ -243,7 +243,6 @@ class IngestLoop:
     # ---------------------------------------------------------------- partitions
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned_at = time.monotonic()
         frames = [tp.partition for tp in partitions if tp.topic == self._frames_topic]
         if frames:
             started = time.perf_counter()
@@ -252,6 +251,7 @@ class IngestLoop:
                 "restored %d pending OCPP calls for partitions %s in %.2f s",
                 restored, frames, time.perf_counter() - started,
             )  # fmt: skip
+        self._assigned_at = time.monotonic()  # after the restore: its time is not idle time
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -264,6 +264,7 @@ class IngestLoop:
                 **self._restore_base,
                 "group.id": f"{self.settings.ingest_group_id}-restore",
                 "enable.auto.commit": False,
+                "enable.partition.eof": True,
                 "isolation.level": "read_committed",
             }
         )
@@ -278,7 +279,10 @@ class IngestLoop:
                     idle_since = time.monotonic()
                     while True:
                         msg = restorer.poll(0.2)
-                        if msg is not None and msg.error() is None:
+                        if msg is not None and msg.error() is not None:
+                            if msg.error().code() == KafkaError._PARTITION_EOF:
+                                break  # the end, past any trailing transaction markers
+                        elif msg is not None:
                             records.append((msg.key() or b"", msg.value()))
                             idle_since = time.monotonic()
                             if msg.offset() >= high - 1:
