@@ -4,10 +4,9 @@ The ingest is a stateless-by-design, high-volume edge, so it runs as a batch loo
 confluent-kafka rather than as Faust agents (DESIGN.md "Where the time goes": Faust costs
 about 100 us per event in its own machinery, a bare consume-and-parse loop about 6 us).
 
-Exactly once: every batch is one Kafka transaction holding the outputs, the dead letters,
-the pending-call changelog writes and the consumed offsets. A worker killed mid-batch leaves
-an open transaction that its restarted self (same transactional id) aborts, and the batch is
-redone; consumers of the outputs read with ``isolation.level=read_committed``.
+Exactly once: it runs in a :class:`~streams.loop.TransactionalLoop`, so every batch is one
+Kafka transaction holding the outputs, the dead letters, the pending-call changelog writes and
+the consumed offsets.
 
 The only state, 1.6 StartTransaction calls awaiting the CSMS answer, lives in a dict per
 input partition, backed by a compacted changelog topic written in the same transaction and
@@ -17,26 +16,18 @@ restored on partition assignment.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
     Message,
-    Producer,
-    TopicPartition,
 )
 
-from streams.metrics import DEAD_LETTERS, INGEST_BATCH_SECONDS, INGEST_EVENTS
+from streams.loop import Output, TransactionalLoop
+from streams.metrics import DEAD_LETTERS, INGEST_EVENTS
 from streams.settings import Settings
 from topics.adapters.ocpp import OcppAdapter
 from topics.catalog import topic
@@ -50,16 +41,6 @@ __all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output"]
 log = logging.getLogger(__name__)
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
-
-
-@dataclass(slots=True)
-class Output:
-    """One message to produce: topic (real name), key, value (None = tombstone), partition."""
-
-    topic: str
-    key: bytes
-    value: bytes | None
-    partition: int | None = None
 
 
 @dataclass(slots=True)
@@ -194,212 +175,43 @@ class IngestProcessor:
         self.pending.pop(partition, None)
 
 
-class IngestLoop:
-    """The Kafka shell around :class:`IngestProcessor`: one transaction per batch."""
+class IngestStage:
+    """Adapts :class:`IngestProcessor` to :class:`~streams.loop.TransactionalLoop`."""
 
-    def __init__(
-        self, settings: Settings, *, on_batch: Callable[[BatchResult], None] | None = None
-    ):
-        self.settings = settings
-        self.processor = IngestProcessor(hash_secret=settings.require_hash_secret())
-        self.on_batch = on_batch
-        self._stop = threading.Event()
-        base = settings.kafka.client_config()
-        self.consumer = Consumer(
-            {
-                **base,
-                "group.id": settings.ingest_group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "session.timeout.ms": settings.session_timeout_ms,
-                "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
-                "fetch.wait.max.ms": 50,
-                "queued.max.messages.kbytes": 65536,
-            }
+    name = "ingest"
+    input_topics = tuple(topic(short) for short in INPUT_TOPICS)
+    changelog_topic = topic("ocpp_pending_calls")
+    changelog_source = topic("ocpp_frames")
+
+    def __init__(self, processor: IngestProcessor) -> None:
+        self.processor = processor
+
+    def process(self, batch: list[Message], now: datetime) -> BatchResult:
+        return self.processor.process(
+            ((m.topic(), m.partition(), m.offset(), m.key(), m.value()) for m in batch), now=now
         )
-        self.producer = Producer(
-            {
-                **base,
-                "transactional.id": f"{settings.ingest_group_id}-{settings.instance_id}",
-                "transaction.timeout.ms": settings.transaction_timeout_ms,
-                "linger.ms": 5,
-                "batch.num.messages": 10000,
-                "compression.type": "lz4",
-            }
-        )
-        self._restore_base = base
-        self._frames_topic = topic("ocpp_frames")
-        self._pending_topic = topic("ocpp_pending_calls")
 
-    def stop(self) -> None:
-        """Ask the loop to finish its current batch and exit."""
-        self._stop.set()
+    def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
+        return self.processor.restore(partition, records)
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
+    def forget(self, partition: int) -> None:
+        self.processor.forget(partition)
 
-    # ---------------------------------------------------------------- partitions
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        frames = [tp.partition for tp in partitions if tp.topic == self._frames_topic]
-        if frames:
-            started = time.perf_counter()
-            restored = self._restore(frames)
-            log.info(
-                "restored %d pending OCPP calls for partitions %s in %.2f s",
-                restored, frames, time.perf_counter() - started,
-            )  # fmt: skip
-        self._assigned_at = time.monotonic()  # after the restore: its time is not idle time
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            if tp.topic == self._frames_topic:
-                self.processor.forget(tp.partition)
-
-    def _restore(self, partitions: list[int]) -> int:
-        restorer = Consumer(
-            {
-                **self._restore_base,
-                "group.id": f"{self.settings.ingest_group_id}-restore",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
-        )
-        total = 0
-        try:
-            for p in partitions:
-                tp = TopicPartition(self._pending_topic, p)
-                low, high = _watermarks(restorer, tp)
-                records: list[tuple[bytes, bytes | None]] = []
-                if high > low:
-                    restorer.assign([TopicPartition(self._pending_topic, p, OFFSET_BEGINNING)])
-                    idle_since = time.monotonic()
-                    while True:
-                        msg = restorer.poll(0.2)
-                        if msg is not None and msg.error() is not None:
-                            if msg.error().code() == KafkaError._PARTITION_EOF:
-                                break  # the end, past any trailing transaction markers
-                        elif msg is not None:
-                            records.append((msg.key() or b"", msg.value()))
-                            idle_since = time.monotonic()
-                            if msg.offset() >= high - 1:
-                                break
-                        position = restorer.position([TopicPartition(self._pending_topic, p)])
-                        if position and position[0].offset >= high:
-                            break
-                        if time.monotonic() - idle_since > 2.0:
-                            # The tail is transaction markers only (no more data records).
-                            break
-                total += self.processor.restore(p, records)
-        finally:
-            restorer.close()
-        return total
-
-    # ---------------------------------------------------------------- loop
-
-    def run(self, *, max_idle_s: float | None = None) -> None:
-        """Consume until :meth:`stop` (or ``max_idle_s`` without input, for tools and tests)."""
-        self.producer.init_transactions(30)
-        self.consumer.subscribe(
-            [topic(short) for short in INPUT_TOPICS],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
-        last_input = time.monotonic()
-        self._assigned_at: float | None = None
-        try:
-            while not self._stop.is_set():
-                messages = self.consumer.consume(
-                    self.settings.ingest_batch_max, self.settings.ingest_batch_timeout_s
-                )
-                batch = [m for m in messages if self._usable(m)]
-                if not batch:
-                    # Idle time counts from the later of the last input and the assignment,
-                    # so a slow group join is not mistaken for an idle stream.
-                    since = max(last_input, self._assigned_at or time.monotonic())
-                    if max_idle_s is not None and time.monotonic() - since > max_idle_s:
-                        break
-                    continue
-                last_input = time.monotonic()
-                self._transact(batch)
-        finally:
-            self.consumer.close()
-            self.producer.flush(10)
-
-    @staticmethod
-    def _usable(msg: Message) -> bool:
-        err = msg.error()
-        if err is None:
-            return True
-        if err.code() == KafkaError._PARTITION_EOF:
-            return False
-        if err.fatal():
-            raise KafkaException(err)
-        log.warning("consumer error: %s", err)
-        return False
-
-    def _transact(self, batch: list[Message]) -> None:
-        started = time.perf_counter()
-        result = self.processor.process(
-            ((m.topic(), m.partition(), m.offset(), m.key(), m.value()) for m in batch),
-            now=datetime.now(UTC),
-        )
-        producer = self.producer
-        producer.begin_transaction()
-        produce = producer.produce
-        for o in result.outputs:
-            while True:
-                try:
-                    if o.partition is None:
-                        produce(o.topic, o.value, o.key)
-                    else:
-                        produce(o.topic, o.value, o.key, partition=o.partition)
-                    break
-                except BufferError:
-                    producer.poll(0.05)  # local queue full: let deliveries drain
-        offsets: dict[tuple[str, int], int] = {}
-        for m in batch:
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
-        producer.send_offsets_to_transaction(
-            [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            self.consumer.consumer_group_metadata(),
-            30,
-        )
-        producer.commit_transaction(30)
+    def record_metrics(self, result: BatchResult) -> None:
         for (short, outcome), n in result.counts.items():
             INGEST_EVENTS.labels(topic=short, outcome=outcome).inc(n)
         for reason, n in result.dead_letter_reasons.items():
             DEAD_LETTERS.labels(stage="ingest", error=reason).inc(n)
-        INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
-        if self.on_batch is not None:
-            self.on_batch(result)
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tuple[int, int]:
-    """Low and high offsets, retrying while a new partition's leader is being elected."""
-    for attempt in range(attempts):
-        try:
-            return consumer.get_watermark_offsets(tp, timeout=10)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() and exc.args[0].code() not in _TRANSIENT:
-                raise
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
-    raise AssertionError("unreachable")
-
-
-_TRANSIENT = (
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._TRANSPORT,
-    KafkaError._TIMED_OUT,
-)
+def IngestLoop(
+    settings: Settings, *, on_batch: Callable[[BatchResult], None] | None = None
+) -> TransactionalLoop:
+    """The ingest worker: :class:`IngestStage` in a :class:`TransactionalLoop`."""
+    processor = IngestProcessor(hash_secret=settings.require_hash_secret())
+    return TransactionalLoop(
+        settings, IngestStage(processor), group_id=settings.ingest_group_id, on_batch=on_batch
+    )
 
 
 def dead_letter_summary(letter: DeadLetter) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-__all__ = ["DEAD_LETTERS", "INGEST_BATCH_SECONDS", "INGEST_EVENTS", "serve_metrics"]
+__all__ = ["BATCH_SECONDS", "DEAD_LETTERS", "INGEST_EVENTS", "serve_metrics"]
 
 INGEST_EVENTS = Counter(
     "voltguard_ingest_events_total",
@@ -17,9 +17,10 @@ DEAD_LETTERS = Counter(
     "Messages sent to the dead-letter topic, by stage and error type.",
     ["stage", "error"],
 )
-INGEST_BATCH_SECONDS = Histogram(
-    "voltguard_ingest_batch_seconds",
-    "Wall time of one ingest batch: processing plus its Kafka transaction.",
+BATCH_SECONDS = Histogram(
+    "voltguard_stage_batch_seconds",
+    "Wall time of one batch of a stage loop: processing plus its Kafka transaction.",
+    ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 

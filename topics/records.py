@@ -312,6 +312,8 @@ class ReconciliationResult(Event, kw_only=True, frozen=True):
     session_id: str | None
     payment_ids: list[str] = []
     outcome: ReconciliationOutcome
+    """The most serious finding; every finding is in ``outcomes``."""
+    outcomes: list[ReconciliationOutcome] = []
     currency: Currency | None = None
     expected_minor: MinorUnits = 0
     authorized_minor: MinorUnits = 0
