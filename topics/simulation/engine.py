@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from billing.periods import charging_periods
 from billing.rating import ChargingPeriod, rate_session
 from topics.codec import encode
 from topics.identity import hash_identifier, session_id_for, stable_id
@@ -63,8 +64,8 @@ from topics.simulation.sessions import (
     Planner,
     build_samples,
     clock_boundaries,
+    csms_samples,
     draw_arrivals,
-    periods_from_samples,
     plan_charge,
 )
 from topics.simulation.world import SOURCE, Driver, StationProfile, World, build_world, km_between
@@ -588,13 +589,12 @@ class Simulation:
         self._uids[station.index] = frames.next_uid
         entries = frames.entries
 
-        periods = periods_from_samples(
-            ws.times_ms, register, samples.power_w, samples.breaks, samples.charge_end_index
-        )
+        billed = csms_samples(ws.times_ms, register, samples.power_w, samples.contexts, ws.skip)
+        periods = charging_periods(billed)
         rated = rate_session(
             station.tariff,
-            start=to_datetime(ws.times_ms[0]),
-            end=to_datetime(ws.times_ms[-1]),
+            start=to_datetime(billed[0][0]),
+            end=to_datetime(max(billed[-1][0], billed[0][0] + 1000)),
             periods=periods,
         )
         expected, currency = rated.total_minor, rated.currency

@@ -22,7 +22,6 @@ Examples
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,8 +29,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from billing.rating import ChargingPeriod
-from topics.simulation._time import HOUR_MS, MINUTE_MS, to_datetime
+from billing.periods import Sample
+from topics.simulation._time import HOUR_MS, MINUTE_MS
 from topics.simulation.world import Driver, StationProfile, World
 
 __all__ = [
@@ -42,9 +41,9 @@ __all__ = [
     "Samples",
     "build_samples",
     "clock_boundaries",
+    "csms_samples",
     "curve_weight",
     "draw_arrivals",
-    "periods_from_samples",
     "plan_charge",
 ]
 
@@ -365,32 +364,34 @@ def build_samples(profile: ChargeProfile, clocks: list[int]) -> Samples:
     return Samples(times, contexts, energy, power, soc, breaks, charge_end_index)
 
 
-def periods_from_samples(
+def csms_samples(
     times_ms: list[int],
     register_wh: list[int],
     power_w: list[float],
-    breaks: list[int],
-    charge_end_index: int,
-) -> list[ChargingPeriod]:
-    """Charging periods between consecutive break samples, as a CSMS derives them.
+    contexts: list[str],
+    skip: frozenset[int] = frozenset(),
+) -> list[Sample]:
+    """The samples a CSMS bills from: what arrived, at the whole seconds OCPP timestamps carry.
 
-    The energy of a period is the register difference (negative differences, as after a
-    rollback, count as 0); a period that starts at or after the end of charging is idle
-    (``max_power_w == 0``), others carry the highest power sampled in them.
+    Messages in ``skip`` never arrived. Two samples in the same second keep the first (the
+    clock flag of either counts), as :class:`billing.session_state.SessionState` does.
 
-    >>> ps = periods_from_samples([0, 60_000, 120_000], [1000, 1100, 1100], [6000.0, 6000.0, 0.0],
-    ...                           [0, 1, 2], 1)
-    >>> [(p.energy_wh, p.max_power_w) for p in ps]
-    [(100, 6000.0), (0, 0.0)]
+    >>> csms_samples([500, 60_400, 60_900], [1000, 1100, 1101], [6000.0, 6000.0, 0.0],
+    ...              ["Transaction.Begin", "Sample.Clock", "Transaction.End"])
+    [(0, 1000, 6000.0, False), (60000, 1100, 6000.0, True)]
     """
-    periods: list[ChargingPeriod] = []
-    for a, b in itertools.pairwise(breaks):
-        energy = max(0, register_wh[b] - register_wh[a])
-        peak = 0.0 if a >= charge_end_index else max(power_w[a + 1 : b + 1], default=0.0)
-        periods.append(
-            ChargingPeriod(to_datetime(times_ms[a]), to_datetime(times_ms[b]), energy, peak)
-        )
-    return periods
+    out: list[Sample] = []
+    for i, t in enumerate(times_ms):
+        if i in skip:
+            continue
+        at = t // 1000 * 1000
+        clock = contexts[i] == "Sample.Clock"
+        if out and out[-1][0] == at:
+            prev = out[-1]
+            out[-1] = (prev[0], prev[1], prev[2], prev[3] or clock)
+            continue
+        out.append((at, register_wh[i], power_w[i], clock))
+    return out
 
 
 class Planner:
