@@ -19,26 +19,42 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from confluent_kafka import (
     Message,
 )
 
+from streams.dead_letters import dead_letter_output, dead_letter_summary
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import DEAD_LETTERS, INGEST_EVENTS
 from streams.settings import Settings
 from topics.adapters.ocpp import OcppAdapter
-from topics.catalog import topic
+from topics.catalog import SESSION_PARTITIONS, topic
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError, UnsupportedFrame
 from topics.identity import session_id_for, stable_id
-from topics.records import DeadLetter, MeterReading, OcppFrame, PaymentEvent, SessionEvent
+from topics.records import (
+    ClockTick,
+    MeterReading,
+    OcppFrame,
+    PaymentEvent,
+    SessionEvent,
+)
 
-__all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output"]
+__all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output", "dead_letter_summary"]
 
 log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_MS = 86_400_000
+
+
+def _ms(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
 
@@ -67,6 +83,10 @@ class IngestProcessor:
         self._out = {
             short: topic(short) for short in ("session_events", "meter_readings", "payment_events")
         }
+        self._clock = topic("clock")
+        self.clock_ms = -1
+        """The last minute of input time sent to the clock topic."""
+        self._seen_ms = -1
 
     def process(
         self,
@@ -90,7 +110,39 @@ class IngestProcessor:
                 outcome = "dead_letter"
                 self._dead_letter(result, source_topic, partition, offset, key, value, exc, now)
             result.counts[(short, outcome)] += 1
+        self._tick(result, now)
         return result
+
+    def _tick(self, result: BatchResult, now: datetime) -> None:
+        """Send the minute input time has reached to every clock partition, when it moved.
+
+        Times more than a day ahead of ``now`` (a wrong clock upstream) do not move it.
+        """
+        seen = self._seen_ms
+        self._seen_ms = -1
+        if seen < 0:
+            return
+        if seen > _ms(now) + _DAY_MS:
+            result.counts[("clock", "future_time_ignored")] += 1
+            return
+        minute = seen - seen % 60_000
+        if minute <= self.clock_ms:
+            return
+        self.clock_ms = minute
+        tick = encode(
+            ClockTick(
+                event_id=stable_id("clock", minute),
+                event_time=_EPOCH + timedelta(milliseconds=minute),
+                source=self.stage,
+            )
+        )
+        for p in range(SESSION_PARTITIONS):
+            result.outputs.append(Output(self._clock, b"", tick, p))
+
+    def _saw(self, moment: datetime) -> None:
+        ms = _ms(moment)
+        if ms > self._seen_ms:
+            self._seen_ms = ms
 
     def _dead_letter(
         self,
@@ -103,21 +155,18 @@ class IngestProcessor:
         exc: Exception,
         now: datetime,
     ) -> None:
-        reason = str(exc) or type(exc).__name__
-        letter = DeadLetter(
-            event_id=stable_id("dead-letter", source_topic, partition, offset),
-            event_time=now,
-            source=self.stage,
-            original_topic=source_topic,
-            original_partition=partition,
-            original_offset=offset,
-            original_key=key,
-            original_value=value,
-            stage=self.stage,
-            error_type=type(exc).__name__,
-            reason=reason,
+        result.outputs.append(
+            dead_letter_output(
+                stage=self.stage,
+                source_topic=source_topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                error=exc,
+                now=now,
+            )
         )
-        result.outputs.append(Output(self._dead_letters, source_topic.encode(), encode(letter)))
         result.dead_letter_reasons[type(exc).__name__] += 1
 
     def _one(self, short: str, partition: int, value: bytes | None, out: list[Output]) -> str:
@@ -125,6 +174,7 @@ class IngestProcessor:
             raise RecordDecodeError("message has no value (null)")
         if short == "ocpp_frames":
             envelope = decode(value, OcppFrame)
+            self._saw(envelope.received_at)
             pending = self.pending.setdefault(partition, {})
             adapted = self.adapter.adapt(envelope, pending=pending)
             for dest, key, record in adapted.records:
@@ -141,14 +191,17 @@ class IngestProcessor:
             return "accepted" if adapted.records else "pending"
         if short == "csms_session_events":
             event = decode(value, SessionEvent)
+            self._saw(event.event_time)
             out.append(Output(self._out["session_events"], event.session_id.encode(), value))
             return "accepted"
         if short == "csms_meter_readings":
             reading = decode(value, MeterReading)
+            self._saw(reading.event_time)
             out.append(Output(self._out["meter_readings"], reading.session_id.encode(), value))
             return "accepted"
         if short == "psp_payment_events":
             payment = decode(value, PaymentEvent)
+            self._saw(payment.event_time)
             if payment.session_id is None and payment.station_id and payment.transaction_id:
                 payment = msgspec.structs.replace(
                     payment, session_id=session_id_for(payment.station_id, payment.transaction_id)
@@ -211,13 +264,4 @@ def IngestLoop(
     processor = IngestProcessor(hash_secret=settings.require_hash_secret())
     return TransactionalLoop(
         settings, IngestStage(processor), group_id=settings.ingest_group_id, on_batch=on_batch
-    )
-
-
-def dead_letter_summary(letter: DeadLetter) -> str:
-    """One line for a terminal: where it came from and why."""
-    raw = (letter.original_value or b"")[:80].decode("utf-8", "replace")
-    return (
-        f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset} "
-        f"{letter.error_type}: {letter.reason} | {raw}"
     )

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["BATCH_SECONDS", "DEAD_LETTERS", "INGEST_EVENTS", "serve_metrics"]
+__all__ = [
+    "BATCH_SECONDS",
+    "BILLING_EVENTS",
+    "BILLS",
+    "DEAD_LETTERS",
+    "INGEST_EVENTS",
+    "OPEN_SESSIONS",
+    "RECONCILIATION_RESULTS",
+    "WATERMARK",
+    "serve_metrics",
+]
 
 INGEST_EVENTS = Counter(
     "voltguard_ingest_events_total",
@@ -16,6 +26,25 @@ DEAD_LETTERS = Counter(
     "voltguard_dead_letters_total",
     "Messages sent to the dead-letter topic, by stage and error type.",
     ["stage", "error"],
+)
+BILLING_EVENTS = Counter(
+    "voltguard_billing_events_total",
+    "Input messages handled by billing, by input topic and outcome (accepted, dead_letter).",
+    ["topic", "outcome"],
+)
+BILLS = Counter("voltguard_billing_bills_total", "Session bills published (corrections included).")
+RECONCILIATION_RESULTS = Counter(
+    "voltguard_reconciliation_results_total",
+    "Reconciliation results published (corrections included), by outcome.",
+    ["outcome"],
+)
+OPEN_SESSIONS = Gauge(
+    "voltguard_billing_open_sessions", "Sessions started and not yet ended, in this worker."
+)
+WATERMARK = Gauge(
+    "voltguard_billing_watermark_seconds",
+    "Event-time watermark of a billing partition (Unix seconds).",
+    ["partition"],
 )
 BATCH_SECONDS = Histogram(
     "voltguard_stage_batch_seconds",

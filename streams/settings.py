@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from billing.reconciliation import ReconciliationConfig
+
 __all__ = ["ConfigError", "KafkaSettings", "Secret", "Settings"]
 
 
@@ -114,6 +116,28 @@ class Settings:
     the latest. Env: VOLTGUARD_TRANSACTION_TIMEOUT_MS."""
     session_timeout_ms: int = 10000
     """Consumer group session timeout. Env: VOLTGUARD_SESSION_TIMEOUT_MS."""
+    billing_group_id: str = "voltguard-billing"
+    """Consumer group of the billing loops. Env: VOLTGUARD_BILLING_GROUP_ID."""
+    bill_grace_s: int = 120
+    """Seconds of event time after a session's end before its bill is published (late meter
+    values). Env: VOLTGUARD_BILL_GRACE_S."""
+    payment_grace_s: int = 1800
+    """Seconds after a session's end before it is reconciled, when payment events were seen.
+    Env: VOLTGUARD_PAYMENT_GRACE_S."""
+    unpaid_grace_s: int = 7 * 86_400
+    """Seconds after a session's end before a session without any payment event is
+    ``missing_payment`` (roaming settles days later). Env: VOLTGUARD_UNPAID_GRACE_S."""
+    orphan_grace_s: int = 3600
+    """Seconds a payment waits for its session before it is an orphan.
+    Env: VOLTGUARD_ORPHAN_GRACE_S."""
+    auth_validity_s: int = 7 * 86_400
+    """Lifetime of an authorisation hold. Env: VOLTGUARD_AUTH_VALIDITY_S."""
+    sample_retention_s: int = 86_400
+    """Seconds after a session's end its meter samples are kept for corrections.
+    Env: VOLTGUARD_SAMPLE_RETENTION_S."""
+    case_retention_s: int = 180 * 86_400
+    """Seconds after its last event a reconciled case is kept (refunds, chargebacks).
+    Env: VOLTGUARD_CASE_RETENTION_S."""
     metrics_port: int = 0
     """Port of /metrics (0: none). Env: VOLTGUARD_METRICS_PORT."""
     metrics_addr: str = "127.0.0.1"
@@ -172,6 +196,21 @@ class Settings:
             )
         if not self.kafka.bootstrap_servers:
             raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")
+
+    def reconciliation_config(self) -> ReconciliationConfig:
+        """The grace periods as :class:`billing.reconciliation.ReconciliationConfig`."""
+        try:
+            return ReconciliationConfig(
+                bill_grace_s=self.bill_grace_s,
+                payment_grace_s=self.payment_grace_s,
+                unpaid_grace_s=self.unpaid_grace_s,
+                orphan_grace_s=self.orphan_grace_s,
+                auth_validity_s=self.auth_validity_s,
+                sample_retention_s=self.sample_retention_s,
+                retention_s=self.case_retention_s,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def require_hash_secret(self) -> bytes:
         """The hash secret as bytes, or a :class:`ConfigError` saying how to set it."""

@@ -138,6 +138,15 @@ CATALOG: dict[str, TopicSpec] = dict(
             retention_ms=None,
             purpose="OCPI 2.2.1 tariffs",
         ),
+        _spec(
+            "clock",
+            name="voltguard.clock.v1",
+            key="none",
+            record=records.ClockTick,
+            partitions=SESSION_PARTITIONS,
+            retention_ms=1 * DAY_MS,
+            purpose="event-time ticks from ingest to every partition: the billing watermark",
+        ),
         # ---- outputs
         _spec(
             "session_bills",
@@ -233,6 +242,16 @@ CATALOG: dict[str, TopicSpec] = dict(
             compacted=True,
             retention_ms=None,
             purpose="changelog of OCPP calls awaiting their CALLRESULT (co-partitioned with ocpp_frames)",
+        ),
+        _spec(
+            "billing_state",
+            name="voltguard.billing.cases.v1",
+            key="session_id",
+            record=None,
+            partitions=SESSION_PARTITIONS,
+            compacted=True,
+            retention_ms=None,
+            purpose="changelog of billing cases (session state, payments, last results) and the watermark",
         ),
     ]
 )

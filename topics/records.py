@@ -32,6 +32,7 @@ from msgspec import Meta
 __all__ = [
     "AlertLabel",
     "BillLine",
+    "ClockTick",
     "Connector",
     "DeadLetter",
     "Event",
@@ -302,6 +303,7 @@ ReconciliationOutcome = Literal[
     "capture_exceeds_authorization",
     "authorization_expired",
     "chargeback",
+    "unrated",
 ]
 
 
@@ -359,6 +361,14 @@ class AlertLabel(Event, kw_only=True, frozen=True):
     label: Literal["fraud", "legitimate", "unsure"]
     analyst: Id
     comment: str = ""
+
+
+class ClockTick(Event, kw_only=True, frozen=True):
+    """Input seen by ingest has reached ``event_time`` (a whole minute): the watermark.
+
+    Ingest sends one to every partition of the clock topic when the minute advances, so a
+    partition with no traffic of its own still sees event time pass.
+    """
 
 
 class DeadLetter(Event, kw_only=True, frozen=True):

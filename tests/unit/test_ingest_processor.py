@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from streams.ingest import IngestProcessor
-from topics.catalog import topic
+from streams.ingest import BatchResult, IngestProcessor, Output
+from topics.catalog import SESSION_PARTITIONS, topic
 from topics.codec import decode
 from topics.identity import session_id_for
-from topics.records import DeadLetter, PaymentEvent
+from topics.records import ClockTick, DeadLetter, PaymentEvent
 
 NOW = datetime(2024, 3, 1, tzinfo=UTC)
 FRAMES = topic("ocpp_frames")
+
+
+def data(result: BatchResult) -> list[Output]:
+    """The outputs without the clock ticks."""
+    return [o for o in result.outputs if o.topic != topic("clock")]
 
 
 def frame_msg(
@@ -43,7 +48,7 @@ def processor() -> IngestProcessor:
 def test_bad_input_becomes_a_dead_letter_with_original_bytes(processor: IngestProcessor) -> None:
     raw = b'{"station_id": "CP-9", "frame": [2, "x"'  # truncated JSON
     result = processor.process([(FRAMES, 3, 77, b"CP-9", raw)], now=NOW)
-    [out] = result.outputs
+    [out] = data(result)
     assert out.topic == topic("dead_letters")
     letter = decode(out.value or b"", DeadLetter)
     assert letter.original_value == raw and letter.original_key == b"CP-9"
@@ -61,22 +66,22 @@ def test_envelope_validation_names_the_field(processor: IngestProcessor) -> None
     value = orjson.dumps(
         {"station_id": "CP-9", "received_at": "yesterday", "protocol": "ocpp1.6", "frame": []}
     )
-    [out] = processor.process([(FRAMES, 0, 1, None, value)], now=NOW).outputs
+    [out] = data(processor.process([(FRAMES, 0, 1, None, value)], now=NOW))
     assert "$.received_at" in decode(out.value or b"", DeadLetter).reason
 
 
 def test_null_value_is_a_dead_letter(processor: IngestProcessor) -> None:
-    [out] = processor.process([(topic("csms_session_events"), 0, 5, b"k", None)], now=NOW).outputs
+    [out] = data(processor.process([(topic("csms_session_events"), 0, 5, b"k", None)], now=NOW))
     assert decode(out.value or b"", DeadLetter).reason == "message has no value (null)"
 
 
 def test_start_transaction_state_is_written_to_the_changelog(processor: IngestProcessor) -> None:
     first = processor.process([frame_msg(START, 0, partition=2)], now=NOW)
-    [put] = first.outputs
+    [put] = data(first)
     assert (put.topic, put.key, put.partition) == (topic("ocpp_pending_calls"), b"CP-9|42", 2)
     assert processor.pending[2] == {"CP-9|42": put.value}
     second = processor.process([frame_msg(RESULT, 1, partition=2)], now=NOW)
-    started, tombstone = second.outputs
+    started, tombstone = data(second)
     assert (
         started.topic == topic("session_events")
         and started.key == session_id_for("CP-9", 1001).encode()
@@ -91,16 +96,16 @@ def test_start_transaction_state_is_written_to_the_changelog(processor: IngestPr
 
 
 def test_restore_rebuilds_pending_calls(processor: IngestProcessor) -> None:
-    [put] = processor.process([frame_msg(START, 0, partition=1)], now=NOW).outputs
+    [put] = data(processor.process([frame_msg(START, 0, partition=1)], now=NOW))
     fresh = IngestProcessor(hash_secret=b"s")
     assert fresh.restore(1, [(put.key, put.value), (b"CP-9|old", b"{}"), (b"CP-9|old", None)]) == 1
-    [started, _] = fresh.process([frame_msg(RESULT, 1, partition=1)], now=NOW).outputs
+    [started, _] = data(fresh.process([frame_msg(RESULT, 1, partition=1)], now=NOW))
     assert started.topic == topic("session_events")
 
 
 def test_ignored_frames_are_counted_not_dropped_silently(processor: IngestProcessor) -> None:
     result = processor.process([frame_msg([2, "h", "Heartbeat", {}], 0)], now=NOW)
-    assert result.outputs == [] and result.counts[("ocpp_frames", "ignored")] == 1
+    assert data(result) == [] and result.counts[("ocpp_frames", "ignored")] == 1
 
 
 def test_payment_without_session_finds_it_from_station_and_transaction(
@@ -122,7 +127,7 @@ def test_payment_without_session_finds_it_from_station_and_transaction(
             "method": "card",
         }
     )
-    [out] = processor.process([(topic("psp_payment_events"), 0, 0, None, value)], now=NOW).outputs
+    [out] = data(processor.process([(topic("psp_payment_events"), 0, 0, None, value)], now=NOW))
     payment = decode(out.value or b"", PaymentEvent)
     assert (
         payment.session_id == session_id_for("CP-9", 1001)
@@ -143,7 +148,7 @@ def test_canonical_session_event_with_a_raw_token_is_rejected(processor: IngestP
             "token_hash": "04A2B3C4D5E6F7",  # a raw RFID UID, not a hash
         }
     )
-    [out] = processor.process([(topic("csms_session_events"), 0, 0, b"s1", value)], now=NOW).outputs
+    [out] = data(processor.process([(topic("csms_session_events"), 0, 0, b"s1", value)], now=NOW))
     letter = decode(out.value or b"", DeadLetter)
     assert "$.token_hash" in letter.reason
 
@@ -155,6 +160,25 @@ def test_unexpected_errors_are_dead_lettered_too(
         raise ZeroDivisionError("bug")
 
     monkeypatch.setattr(processor.adapter, "adapt", boom)
-    [out] = processor.process([frame_msg(START, 0)], now=NOW).outputs
+    [out] = data(processor.process([frame_msg(START, 0)], now=NOW))
     letter = decode(out.value or b"", DeadLetter)
     assert (letter.error_type, letter.reason) == ("ZeroDivisionError", "bug")
+
+
+def test_clock_ticks_go_to_every_partition_when_the_minute_advances(
+    processor: IngestProcessor,
+) -> None:
+    first = processor.process([frame_msg(START, 0)], now=NOW)
+    ticks = [o for o in first.outputs if o.topic == topic("clock")]
+    assert sorted(o.partition for o in ticks) == list(range(SESSION_PARTITIONS))
+    tick = decode(ticks[0].value or b"", ClockTick)
+    assert tick.event_time.second == 0 and tick.event_time.microsecond == 0
+    # the same minute again sends nothing; a dead letter does not move the clock either
+    again = processor.process([frame_msg(RESULT, 1), (FRAMES, 0, 2, None, b"{")], now=NOW)
+    assert [o for o in again.outputs if o.topic == topic("clock")] == []
+
+
+def test_input_a_day_ahead_of_now_does_not_move_the_clock(processor: IngestProcessor) -> None:
+    result = processor.process([frame_msg(START, 0)], now=NOW - timedelta(days=400))
+    assert [o for o in result.outputs if o.topic == topic("clock")] == []
+    assert result.counts[("clock", "future_time_ignored")] == 1
