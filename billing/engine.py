@@ -238,11 +238,12 @@ class BillingEngine:
 
     def _schedule(self, case: Case) -> None:
         due = self._next_due(case)
-        if due != case.next_due_ms:
-            case.next_due_ms = due
-            self._dirty.add(case.key)
-            if due is not None:
-                heapq.heappush(self._heap, (due, case.key))
+        current = case.next_due_ms
+        if due is None or (current is not None and current <= due):
+            return  # an earlier (or the same) timer is set: it re-evaluates and reschedules
+        case.next_due_ms = due
+        self._dirty.add(case.key)
+        heapq.heappush(self._heap, (due, case.key))
 
     def _next_due(self, case: Case) -> int | None:
         cfg = self.config

@@ -268,6 +268,11 @@ def reconcile(
             findings["unrated"] = 0
         elif any(c != expected.currency for c in currencies):
             findings["currency_mismatch"] = -expected_minor
+            # amounts are reported in the bill's currency only; the rest is in the detail
+            same = _per_payment([p for p in ordered if p.currency == expected.currency])
+            authorized = sum(a.authorized or 0 for a in same.values())
+            captured = sum(sum(a.captures) for a in same.values())
+            refunded = sum(a.refunded for a in same.values())
         else:
             if refunded > captured:
                 findings["refund_exceeds_capture"] = captured - refunded
@@ -312,11 +317,21 @@ def reconcile(
         detail="",
         deltas=findings,
     )
-    verdict.detail = _explain(verdict, expected, currencies)
+    money_by: dict[str, int] = {}
+    for p in ordered:
+        if p.kind == "captured":
+            money_by[p.currency] = money_by.get(p.currency, 0) + p.amount_minor
+    verdict.detail = _explain(verdict, expected, currencies, money_by)
     return verdict
 
 
-def _explain(v: Verdict, expected: Expected | None, currencies: list[str]) -> str:
+def _foreign(money_by: dict[str, int]) -> str:
+    return ", ".join(f"captured {n} {c}" for c, n in sorted(money_by.items()))
+
+
+def _explain(
+    v: Verdict, expected: Expected | None, currencies: list[str], money_by: dict[str, int]
+) -> str:
     cur = v.currency or ""
     paid = f"captured {v.captured_minor} {cur}"
     if v.refunded_minor:
@@ -327,7 +342,7 @@ def _explain(v: Verdict, expected: Expected | None, currencies: list[str]) -> st
     text = {
         "matched": f"{paid}; {bill}",
         "unrated": f"session not rated: {expected.unrated}",
-        "currency_mismatch": f"payments in {', '.join(currencies)}; {bill}",
+        "currency_mismatch": f"payments in {', '.join(currencies)} ({_foreign(money_by)}); {bill}",
         "refund_exceeds_capture": f"{paid}: refunds exceed the capture by {-v.delta_minor}",
         "duplicate_capture": f"{paid} in {len(v.payment_ids)} payment(s) for a {bill}",
         "chargeback": f"chargeback of {-v.delta_minor} {cur}; {bill}",

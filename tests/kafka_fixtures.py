@@ -58,3 +58,22 @@ def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
 def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     """A confluent_kafka AdminClient connected to the session's broker."""
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of the test module's own (empty topics, nobody else's data), as bootstrap.
+
+    For tests that read whole topics and compare what they find with an expected set. With
+    VOLTGUARD_TEST_BOOTSTRAP set there is no local broker to start: the test is skipped.
+    """
+    if os.environ.get(BOOTSTRAP_ENV):
+        pytest.skip("needs a private local broker (VOLTGUARD_TEST_BOOTSTRAP is set)")
+    data_dir = tmp_path_factory.mktemp("kafka-private", numbered=True)
+    kafka = LocalKafka(data_dir, heap="512m", exit_with_parent=True)
+    kafka.start(timeout_s=90)
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop(timeout_s=20)
+        shutil.rmtree(data_dir, ignore_errors=True)

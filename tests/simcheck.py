@@ -73,6 +73,10 @@ def check(
         counts["clean_checked"] += 1
         if r.outcome != "matched":
             problems.append(f"clean session {sid}: {r.outcome} {r.delta_minor} ({r.detail})")
+    if truth is not None:
+        for sid in truth:
+            if sid not in by_session:
+                problems.append(f"session {sid} ({truth[sid].kind}): no reconciliation result")
     if bills is not None and truth is not None:
         for sid, t in truth.items():
             bill = bills.get(sid)

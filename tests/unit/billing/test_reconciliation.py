@@ -180,3 +180,11 @@ def test_config_is_checked() -> None:
         ReconciliationConfig(bill_grace_s=4000, payment_grace_s=100)
     with pytest.raises(ConfigError, match="orphan_grace_s"):
         ReconciliationConfig(orphan_grace_s=-1)
+
+
+def test_currency_mismatch_reports_amounts_in_the_bill_currency_only() -> None:
+    v = verdict(
+        bill(1631, "EUR"), [pay("authorized", 2500, cur="USD"), pay("captured", 1631, cur="USD")]
+    )
+    assert v is not None and (v.captured_minor, v.authorized_minor) == (0, 0)
+    assert "captured 1631 USD" in v.detail
