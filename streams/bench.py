@@ -177,5 +177,211 @@ def bench_ingest(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _bare_topics(bootstrap: str, shorts: list[str], expect: int) -> float:
+    """Messages/s of a bare consume(1000) + orjson.loads loop over ``shorts`` (committed only)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-bare-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic(s) for s in shorts])
+    seen = 0
+    first = last = None
+    loads = orjson.loads
+    idle_since = time.monotonic()
+    while seen < expect and time.monotonic() - idle_since < 5:
+        batch = consumer.consume(1000, 1.0)
+        if batch:
+            idle_since = time.monotonic()
+            if first is None:
+                first = time.perf_counter()
+        for msg in batch:
+            if msg.error() is None and msg.value():
+                loads(msg.value())
+                seen += 1
+        if batch:
+            last = time.perf_counter()
+    elapsed = (last or 0.0) - (first or 0.0)
+    consumer.close()
+    return seen / elapsed if elapsed else 0.0
+
+
+def _open_session_memory(sessions: int, samples_per_session: int) -> tuple[float, float]:
+    """Python heap and changelog bytes per open session (synthetic sessions, 1 sample/min)."""
+    import tracemalloc
+    from datetime import UTC, datetime, timedelta
+
+    from billing.engine import BillingEngine, encoded_size
+    from topics.identity import hash_identifier
+    from topics.records import MeterReading, SessionEvent
+
+    t0 = datetime(2024, 5, 6, 8, tzinfo=UTC)
+    engine = BillingEngine()
+    events = []
+    for n in range(sessions):
+        sid = f"{n:08x}-5f0c-4e1a-9b7d-{n:012x}"
+        station = f"VG-{n % 5000:05d}"
+        events.append(
+            SessionEvent(event_id=f"s{n}", event_time=t0, source="ocpp1.6", session_id=sid,
+                         station_id=station, evse_id=1, connector_id=1, transaction_id=str(n),
+                         kind="started", meter_start_wh=1_000_000 + n, token_type="ISO14443",
+                         token_hash=hash_identifier(f"tag{n}", b"k"), auth_status="Accepted")
+        )  # fmt: skip
+        for k in range(1, samples_per_session):
+            events.append(
+                MeterReading(event_id=f"r{n}-{k}", event_time=t0 + timedelta(minutes=k),
+                             source="ocpp1.6", session_id=sid, station_id=station, evse_id=1,
+                             connector_id=1, transaction_id=str(n),
+                             energy_wh=1_000_000 + n + 180 * k, power_w=11_000.0 + k,
+                             current_a=16.0, voltage_v=230.0)
+            )  # fmt: skip
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for ev in events:
+        if isinstance(ev, SessionEvent):
+            engine.on_session_event(ev)
+        else:
+            engine.on_reading(ev)
+    list(engine.take_changes())
+    heap = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    encoded = sum(encoded_size(c) for c in engine.cases.values())
+    return heap / sessions, encoded / sessions
+
+
+@bench.command("billing")
+@click.option("--sessions", default=2000, show_default=True, help="Simulated sessions.")
+@click.option("--stations", default=80, show_default=True, help="Simulated stations.")
+@click.option("--bootstrap-servers", envvar="VOLTGUARD_BENCH_BOOTSTRAP", default=None,
+              help="Use this broker instead of starting a fresh local one.")  # fmt: skip
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures to this JSON file.")  # fmt: skip
+def bench_billing(
+    sessions: int, stations: int, bootstrap_servers: str | None, json_out: Path | None
+) -> None:
+    """Simulator traffic -> ingest -> billing and reconciliation, one worker each.
+
+    Prints the billing worker's input events/s beside the bare consume+parse ceiling of the
+    same topics and of the raw frames (the ingest ceiling), and the state per open session.
+    """
+    from streams.billing import BillingBatch, BillingLoop
+    from streams.commands.simulate import produce_to_kafka
+    from streams.reference import read_reference
+    from topics.simulation.config import SimulationConfig
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = None
+    kafka = None
+    if bootstrap_servers is None:
+        tmp = Path(tempfile.mkdtemp(prefix="voltguard-bench-"))
+        kafka = LocalKafka(tmp, heap="1g", exit_with_parent=True)
+        bootstrap_servers = kafka.start(timeout_s=120)
+    try:
+        create_topics(AdminClient({"bootstrap.servers": bootstrap_servers}))
+        secret = "bench-secret"
+        config = SimulationConfig(seed=99, sessions=sessions, stations=stations)
+        click.echo(f"simulating {sessions:,} sessions at {stations} stations to Kafka ...")
+        summary = produce_to_kafka(
+            config, hash_secret=secret.encode(), bootstrap_servers=bootstrap_servers
+        )
+        raw = summary.frames + summary.payments
+        frames_ceiling = _bare_topics(bootstrap_servers, ["ocpp_frames"], summary.frames)
+        settings = Settings.from_env(
+            {}, bootstrap_servers=bootstrap_servers, hash_secret=secret, instance_id="bench"
+        )
+        ingested = {"n": 0}
+
+        def on_ingest(result: BatchResult) -> None:
+            ingested["n"] += sum(result.counts.values())
+            if ingested["n"] >= raw:
+                ingest_loop.stop()
+
+        ingest_loop = IngestLoop(settings, on_batch=on_ingest)
+        started = time.perf_counter()
+        ingest_loop.run(max_idle_s=15)
+        ingest_s = time.perf_counter() - started
+        inputs = ["session_events", "meter_readings", "payment_events"]
+        billing_ceiling = _bare_topics(bootstrap_servers, inputs, 10**12)
+
+        reference = read_reference(settings)
+        state: dict[str, Any] = {"n": 0, "first": None, "last": None, "peak_open": 0,
+                                 "state_bytes": 0.0, "bills": 0, "results": 0}  # fmt: skip
+
+        def on_batch(batch: BillingBatch) -> None:
+            now = time.perf_counter()
+            if state["first"] is None:
+                state["first"] = now
+            state["last"] = now
+            state["n"] += sum(batch.counts.values())
+            state["bills"] += sum(1 for e in batch.emitted if e.topic == "session_bills")
+            state["results"] += sum(1 for e in batch.emitted if e.topic == "reconciliation")
+            engines = billing_loop.stage.processor.engines.values()  # type: ignore[attr-defined]
+            open_cases = [c for e in engines for c in e.cases.values()
+                          if c.session is not None and c.session.ended_ms is None]  # fmt: skip
+            if len(open_cases) > state["peak_open"]:
+                from billing.engine import encoded_size
+
+                state["peak_open"] = len(open_cases)
+                state["state_bytes"] = sum(map(encoded_size, open_cases)) / len(open_cases)
+
+        billing_loop = BillingLoop(
+            settings, tariffs=reference.tariffs, stations=reference.stations, on_batch=on_batch
+        )
+        cpu0 = time.process_time()
+        billing_loop.run(max_idle_s=8)
+        cpu = time.process_time() - cpu0
+        elapsed = state["last"] - state["first"]
+        events_per_s = state["n"] / elapsed
+        heap_per_session, bytes_per_session = _open_session_memory(10_000, 60)
+        figures = {
+            "sessions": sessions,
+            "raw_input_records": raw,
+            "billing_input_events": state["n"],
+            "bills": state["bills"],
+            "reconciliation_results": state["results"],
+            "ingest_records_per_s": round(raw / ingest_s),
+            "bare_frames_ceiling_per_s": round(frames_ceiling),
+            "bare_billing_inputs_ceiling_per_s": round(billing_ceiling),
+            "billing_worker_events_per_s": round(events_per_s),
+            "billing_vs_bare_ratio": round(events_per_s / billing_ceiling, 3),
+            "billing_floor_events_per_s": 5_000,
+            "billing_worker_cpu_share_of_one_core": round(
+                cpu / (time.perf_counter() - cpu0 + 1e-9), 2
+            ),
+            "peak_open_sessions": state["peak_open"],
+            "changelog_bytes_per_open_session_at_peak": round(state["state_bytes"]),
+            "synthetic_10k_open_sessions_60_samples_heap_bytes_each": round(heap_per_session),
+            "synthetic_10k_open_sessions_60_samples_changelog_bytes_each": round(bytes_per_session),
+            "state_target_bytes_per_open_session": 4096,
+            "cores": os.cpu_count(),
+        }
+        click.echo(
+            f"billing input (bare consume+orjson) : {figures['bare_billing_inputs_ceiling_per_s']:>9,} events/s (ceiling)\n"
+            f"raw frames (bare, ingest ceiling)   : {figures['bare_frames_ceiling_per_s']:>9,} frames/s\n"
+            f"ingest worker, whole run            : {figures['ingest_records_per_s']:>9,} records/s\n"
+            f"billing worker (transactions on)    : {figures['billing_worker_events_per_s']:>9,} events/s "
+            f"-> {state['bills']:,} bills, {state['results']:,} results\n"
+            f"billing / ceiling                   : {figures['billing_vs_bare_ratio']:.3f}\n"
+            f"billing / floor (5,000 events/s)    : {events_per_s / 5_000:.2f}\n"
+            f"open sessions at peak               : {state['peak_open']:,}, "
+            f"{figures['changelog_bytes_per_open_session_at_peak']:,} changelog bytes each\n"
+            f"10,000 synthetic open sessions (1 h): {figures['synthetic_10k_open_sessions_60_samples_heap_bytes_each']:,} "
+            f"heap bytes, {figures['synthetic_10k_open_sessions_60_samples_changelog_bytes_each']:,} changelog bytes each "
+            f"(target < 4,096)"
+        )
+        if json_out:
+            json_out.write_text(json.dumps(figures, indent=2))
+            click.echo(f"figures written to {json_out}")
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     bench()

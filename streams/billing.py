@@ -14,8 +14,12 @@ backed by a compacted, co-partitioned changelog, restored on assignment) and wri
 changed case once per batch.
 
 Inputs are the session events, meter readings and payment events (keyed by session id, so
-one partition holds a session's whole picture) and the clock topic, whose ticks from the
-ingest move each partition's event-time watermark. Station and tariff reference data come
+one partition holds a session's whole picture). The ingest interleaves clock ticks (key
+:data:`~topics.catalog.CLOCK_KEY`) into every partition of the three topics, after the
+records it wrote before them; a partition's watermark is the oldest of the latest ticks of
+its three topics, so however the consumer interleaves the topics, a session is not decided
+before the input up to its due time has been read (Kafka Streams solves the same problem
+by picking the record with the smallest timestamp). Station and tariff reference data come
 from their compacted topics through :mod:`streams.reference`, read whole at start and
 followed afterwards.
 """
@@ -42,8 +46,8 @@ from streams.metrics import (
     RECONCILIATION_RESULTS,
     WATERMARK,
 )
-from streams.settings import Settings
-from topics.catalog import topic
+from streams.settings import DEFAULT_BILLING_GROUP, Settings
+from topics.catalog import CLOCK_KEY, TopicSpec, changelog_spec, topic
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.records import (
@@ -60,7 +64,7 @@ __all__ = ["INPUT_TOPICS", "BillingBatch", "BillingLoop", "BillingProcessor", "B
 
 log = logging.getLogger(__name__)
 
-INPUT_TOPICS = ("session_events", "meter_readings", "payment_events", "clock")
+INPUT_TOPICS = ("session_events", "meter_readings", "payment_events")
 
 
 @dataclass(slots=True)
@@ -103,7 +107,9 @@ class BillingProcessor:
             short: topic(short)
             for short in ("session_bills", "reconciliation", "reconciliation_mismatches")
         }
-        self._changelog = topic("billing_state")
+        self.changelog_topic = topic("billing_state")
+        self._ticks: dict[int, dict[str, int]] = {}
+        """Latest clock tick per partition and input topic."""
 
     def engine(self, partition: int) -> BillingEngine:
         engine = self.engines.get(partition)
@@ -126,7 +132,7 @@ class BillingProcessor:
             short = self._topics.get(source_topic, source_topic)
             touched.add(partition)
             try:
-                emits = self._one(short, self.engine(partition), value)
+                emits = self._one(short, partition, key, value)
                 outcome = "accepted"
             except (RecordDecodeError, LateInputError) as exc:
                 emits, outcome = [], "dead_letter"
@@ -144,10 +150,15 @@ class BillingProcessor:
             if engine is None:
                 continue
             for key, value in engine.take_changes():
-                batch.outputs.append(Output(self._changelog, key.encode(), value, partition))
+                batch.outputs.append(Output(self.changelog_topic, key.encode(), value, partition))
         return batch
 
-    def _one(self, short: str, engine: BillingEngine, value: bytes | None) -> list[Emit]:
+    def _one(
+        self, short: str, partition: int, key: bytes | None, value: bytes | None
+    ) -> list[Emit]:
+        engine = self.engine(partition)
+        if key == CLOCK_KEY and value is not None:
+            return self._tick(short, partition, engine, decode(value, ClockTick))
         if value is None:
             raise RecordDecodeError("message has no value (null)")
         if short == "meter_readings":
@@ -156,9 +167,19 @@ class BillingProcessor:
             return engine.on_session_event(decode(value, SessionEvent))
         if short == "payment_events":
             return engine.on_payment(decode(value, PaymentEvent))
-        if short == "clock":
-            return engine.advance(to_ms(decode(value, ClockTick).event_time))
         raise RecordDecodeError(f"billing does not read topic {short!r}")
+
+    def _tick(
+        self, short: str, partition: int, engine: BillingEngine, tick: ClockTick
+    ) -> list[Emit]:
+        """A clock tick on one input topic; the watermark is the oldest of the three topics'."""
+        channels = self._ticks.setdefault(partition, {})
+        at = to_ms(tick.event_time)
+        if at > channels.get(short, -1):
+            channels[short] = at
+        if len(channels) < len(INPUT_TOPICS):
+            return []
+        return engine.advance(min(channels.values()))
 
     def _reject(
         self,
@@ -190,11 +211,13 @@ class BillingProcessor:
         engine = self.engines[partition] = BillingEngine(
             config=self.config, tariffs=self.tariffs, stations=self.stations
         )
+        self._ticks.pop(partition, None)
         return engine.restore(records)
 
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns."""
         self.engines.pop(partition, None)
+        self._ticks.pop(partition, None)
 
 
 class BillingStage:
@@ -202,11 +225,13 @@ class BillingStage:
 
     name = "billing"
     input_topics = tuple(topic(short) for short in INPUT_TOPICS)
-    changelog_topic = topic("billing_state")
     changelog_source = topic("session_events")
 
-    def __init__(self, processor: BillingProcessor) -> None:
+    def __init__(self, processor: BillingProcessor, *, changelog: TopicSpec) -> None:
         self.processor = processor
+        self.changelog = changelog
+        self.changelog_topic = changelog.name
+        processor.changelog_topic = changelog.name
 
     def process(self, batch: list[Message], now: datetime) -> BillingBatch:
         return self.processor.process(
@@ -247,6 +272,8 @@ def BillingLoop(
     processor = BillingProcessor(
         config=settings.reconciliation_config(), tariffs=tariffs, stations=stations
     )
+    group = settings.billing_group_id
+    changelog = changelog_spec("billing_state", group, DEFAULT_BILLING_GROUP)
     return TransactionalLoop(
-        settings, BillingStage(processor), group_id=settings.billing_group_id, on_batch=on_batch
+        settings, BillingStage(processor, changelog=changelog), group_id=group, on_batch=on_batch
     )

@@ -131,6 +131,16 @@ def topics_list(bootstrap_servers: str | None) -> None:
 @main.command("worker")
 @BOOTSTRAP
 @click.option(
+    "--stage",
+    envvar="VOLTGUARD_STAGE",
+    type=click.Choice(["ingest", "billing"]),
+    default="ingest",
+    show_default=True,
+    show_envvar=True,
+    help="ingest: outside input -> canonical topics; billing: canonical topics -> bills and "
+    "reconciliation results. Run at least one of each.",
+)
+@click.option(
     "--instance-id",
     envvar="VOLTGUARD_INSTANCE_ID",
     default=None,
@@ -154,28 +164,52 @@ def topics_list(bootstrap_servers: str | None) -> None:
     help="Exit after this many seconds without input (batch jobs and benchmarks).",
 )
 def worker(
+    stage: str,
     bootstrap_servers: str | None,
     instance_id: str | None,
     metrics_port: int | None,
     exit_when_idle: float | None,
 ) -> None:
-    """Run the ingest worker: OCPP frames and CSMS/PSP input -> validated canonical topics.
+    """Run a worker stage; each batch is one Kafka transaction (exactly once).
 
-    Needs VOLTGUARD_HASH_SECRET (tokens are hashed at ingest). Stops cleanly on SIGTERM or
-    Ctrl-C after committing its current batch.
+    ingest needs VOLTGUARD_HASH_SECRET (tokens are hashed at ingest). billing reads the
+    station and tariff topics whole before it starts and follows them afterwards; its grace
+    periods are the VOLTGUARD_*_GRACE_S variables. Both stop cleanly on SIGTERM or Ctrl-C
+    after committing their current batch.
     """
-    from streams.ingest import IngestLoop
     from streams.metrics import serve_metrics
 
     settings = _settings(bootstrap_servers, instance_id=instance_id, metrics_port=metrics_port)
+    follower = None
     try:
-        loop = IngestLoop(settings)
+        if stage == "ingest":
+            from streams.ingest import IngestLoop
+
+            loop = IngestLoop(settings)
+        else:
+            from streams.billing import BillingLoop
+            from streams.reference import ReferenceFollower, read_reference
+
+            settings.reconciliation_config()  # fail early on bad grace periods
+            reference = read_reference(settings)
+            log.info(
+                "reference data: %d stations, %d tariffs",
+                len(reference.stations),
+                len(reference.tariffs),
+            )
+            follower = ReferenceFollower(settings, reference)
+            follower.start()
+            loop = BillingLoop(settings, tariffs=reference.tariffs, stations=reference.stations)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     serve_metrics(settings.metrics_port, settings.metrics_addr)
     loop.install_signal_handlers()
-    log.info("ingest worker %s on %s", settings.instance_id, settings.kafka.bootstrap_servers)
-    loop.run(max_idle_s=exit_when_idle)
+    log.info("%s worker %s on %s", stage, settings.instance_id, settings.kafka.bootstrap_servers)
+    try:
+        loop.run(max_idle_s=exit_when_idle)
+    finally:
+        if follower is not None:
+            follower.stop()
 
 
 # --------------------------------------------------------------------------- data in and out
@@ -241,7 +275,7 @@ def tail(
 
     from confluent_kafka import Consumer
 
-    from topics.catalog import CATALOG
+    from topics.catalog import CATALOG, CLOCK_KEY
 
     spec = CATALOG.get(topic_name) or next(
         (s for s in CATALOG.values() if s.name == topic_name), None
@@ -267,6 +301,8 @@ def tail(
                 if idle_timeout and time.monotonic() - last > idle_timeout:
                     break
                 continue
+            if msg.key() == CLOCK_KEY:
+                continue  # the ingest's clock ticks interleaved in the canonical topics
             last = time.monotonic()
             seen += 1
             click.echo(msg.value().decode("utf-8", "replace") if msg.value() else "null")
@@ -279,12 +315,17 @@ def _register_optional_commands() -> None:
     from streams.commands.demo import demo
     from streams.commands.importer import import_sessions
     from streams.commands.kafka import kafka_group
+    from streams.commands.reference import stations_group, tariffs_group
+    from streams.commands.replay import replay
     from streams.commands.simulate import simulate
 
     main.add_command(kafka_group)
     main.add_command(import_sessions)
     main.add_command(demo)
     main.add_command(simulate)
+    main.add_command(stations_group)
+    main.add_command(tariffs_group)
+    main.add_command(replay)
 
 
 _register_optional_commands()

@@ -29,9 +29,16 @@ from confluent_kafka import (
 from streams.dead_letters import dead_letter_output, dead_letter_summary
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import DEAD_LETTERS, INGEST_EVENTS
-from streams.settings import Settings
+from streams.settings import DEFAULT_INGEST_GROUP, Settings
 from topics.adapters.ocpp import OcppAdapter
-from topics.catalog import SESSION_PARTITIONS, topic
+from topics.catalog import (
+    CATALOG,
+    CLOCK_KEY,
+    SESSION_PARTITIONS,
+    TopicSpec,
+    changelog_spec,
+    topic,
+)
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError, UnsupportedFrame
 from topics.identity import session_id_for, stable_id
@@ -78,12 +85,11 @@ class IngestProcessor:
         self.pending: dict[int, dict[str, bytes]] = {}
         self.stage = stage
         self._topics = {topic(short): short for short in INPUT_TOPICS}
-        self._pending_topic = topic("ocpp_pending_calls")
+        self.pending_topic = topic("ocpp_pending_calls")
         self._dead_letters = topic("dead_letters")
         self._out = {
             short: topic(short) for short in ("session_events", "meter_readings", "payment_events")
         }
-        self._clock = topic("clock")
         self.clock_ms = -1
         """The last minute of input time sent to the clock topic."""
         self._seen_ms = -1
@@ -114,7 +120,11 @@ class IngestProcessor:
         return result
 
     def _tick(self, result: BatchResult, now: datetime) -> None:
-        """Send the minute input time has reached to every clock partition, when it moved.
+        """Send the minute input time has reached to every output partition, when it moved.
+
+        The tick follows, in each partition, every record this ingest wrote before it, so a
+        reader that has seen a tick on all three topics of a partition has seen their input
+        up to that minute (with one ingest worker; with several, up to the skew between them).
 
         Times more than a day ahead of ``now`` (a wrong clock upstream) do not move it.
         """
@@ -136,8 +146,9 @@ class IngestProcessor:
                 source=self.stage,
             )
         )
-        for p in range(SESSION_PARTITIONS):
-            result.outputs.append(Output(self._clock, b"", tick, p))
+        for name in self._out.values():
+            for p in range(SESSION_PARTITIONS):
+                result.outputs.append(Output(name, CLOCK_KEY, tick, p))
 
     def _saw(self, moment: datetime) -> None:
         ms = _ms(moment)
@@ -182,11 +193,11 @@ class IngestProcessor:
             if adapted.pending_put is not None:
                 pkey, pvalue = adapted.pending_put
                 pending[pkey] = pvalue
-                out.append(Output(self._pending_topic, pkey.encode(), pvalue, partition))
+                out.append(Output(self.pending_topic, pkey.encode(), pvalue, partition))
             if adapted.pending_delete is not None:
                 pending.pop(adapted.pending_delete, None)
                 out.append(
-                    Output(self._pending_topic, adapted.pending_delete.encode(), None, partition)
+                    Output(self.pending_topic, adapted.pending_delete.encode(), None, partition)
                 )
             return "accepted" if adapted.records else "pending"
         if short == "csms_session_events":
@@ -233,11 +244,13 @@ class IngestStage:
 
     name = "ingest"
     input_topics = tuple(topic(short) for short in INPUT_TOPICS)
-    changelog_topic = topic("ocpp_pending_calls")
     changelog_source = topic("ocpp_frames")
 
-    def __init__(self, processor: IngestProcessor) -> None:
+    def __init__(self, processor: IngestProcessor, *, changelog: TopicSpec | None = None) -> None:
         self.processor = processor
+        self.changelog = changelog or CATALOG["ocpp_pending_calls"]
+        self.changelog_topic = self.changelog.name
+        processor.pending_topic = self.changelog.name
 
     def process(self, batch: list[Message], now: datetime) -> BatchResult:
         return self.processor.process(
@@ -262,6 +275,8 @@ def IngestLoop(
 ) -> TransactionalLoop:
     """The ingest worker: :class:`IngestStage` in a :class:`TransactionalLoop`."""
     processor = IngestProcessor(hash_secret=settings.require_hash_secret())
+    group = settings.ingest_group_id
+    changelog = changelog_spec("ocpp_pending_calls", group, DEFAULT_INGEST_GROUP)
     return TransactionalLoop(
-        settings, IngestStage(processor), group_id=settings.ingest_group_id, on_batch=on_batch
+        settings, IngestStage(processor, changelog=changelog), group_id=group, on_batch=on_batch
     )

@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from streams.metrics import BATCH_SECONDS
 from streams.settings import Settings
+from topics.catalog import CATALOG
 
 __all__ = ["Output", "Stage", "TransactionalLoop"]
 
@@ -199,6 +200,7 @@ class TransactionalLoop:
 
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until :meth:`stop` (or ``max_idle_s`` without input, for tools and tests)."""
+        self._ensure_changelog()
         self.producer.init_transactions(30)
         self.consumer.subscribe(
             list(self.stage.input_topics),
@@ -226,6 +228,17 @@ class TransactionalLoop:
         finally:
             self.consumer.close()
             self.producer.flush(10)
+
+    def _ensure_changelog(self) -> None:
+        """Create the stage's changelog topic when its group has one of its own."""
+        spec = getattr(self.stage, "changelog", None)
+        if spec is None or spec.name in {s.name for s in CATALOG.values()}:
+            return
+        from confluent_kafka.admin import AdminClient
+
+        from streams.admin import create_topics
+
+        create_topics(AdminClient(self._restore_base), specs={spec.name: spec})
 
     @staticmethod
     def _usable(msg: Message) -> bool:

@@ -79,9 +79,8 @@ class Replay:
             short: topic(short)
             for short in ("ocpp_frames", "csms_session_events", "csms_meter_readings")
         } | {"psp_payment_events": topic("psp_payment_events")}
-        self._billing_inputs = {topic(s) for s in ("session_events", "meter_readings")} | {
-            topic("payment_events"),
-            topic("clock"),
+        self._billing_inputs = {
+            topic(s) for s in ("session_events", "meter_readings", "payment_events")
         }
         self._dead = topic("dead_letters")
 

@@ -94,6 +94,10 @@ class KafkaSettings:
         return config
 
 
+DEFAULT_INGEST_GROUP = "voltguard-ingest"
+DEFAULT_BILLING_GROUP = "voltguard-billing"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything configurable in a voltguard process."""
@@ -102,7 +106,7 @@ class Settings:
     hash_secret: Secret = field(default_factory=lambda: Secret(""))
     """Key of the HMAC that hashes idTags and card fingerprints at ingest. Required by the
     ingest. Env: VOLTGUARD_HASH_SECRET."""
-    ingest_group_id: str = "voltguard-ingest"
+    ingest_group_id: str = DEFAULT_INGEST_GROUP
     """Consumer group of the ingest loops. Env: VOLTGUARD_INGEST_GROUP_ID."""
     instance_id: str = field(default_factory=socket.gethostname)
     """Stable name of this worker instance; with the group id it forms the transactional id,
@@ -116,7 +120,7 @@ class Settings:
     the latest. Env: VOLTGUARD_TRANSACTION_TIMEOUT_MS."""
     session_timeout_ms: int = 10000
     """Consumer group session timeout. Env: VOLTGUARD_SESSION_TIMEOUT_MS."""
-    billing_group_id: str = "voltguard-billing"
+    billing_group_id: str = DEFAULT_BILLING_GROUP
     """Consumer group of the billing loops. Env: VOLTGUARD_BILLING_GROUP_ID."""
     bill_grace_s: int = 120
     """Seconds of event time after a session's end before its bill is published (late meter

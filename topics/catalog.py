@@ -19,16 +19,23 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from topics import records
 
-__all__ = ["CATALOG", "SESSION_PARTITIONS", "TopicSpec", "topic"]
+__all__ = ["CATALOG", "CLOCK_KEY", "SESSION_PARTITIONS", "TopicSpec", "changelog_spec", "topic"]
 
 SESSION_PARTITIONS = 6
 """Partitions of every topic keyed by session_id (and of their tables' changelogs)."""
 
 DAY_MS = 24 * 3600 * 1000
+
+CLOCK_KEY = b"\x00clock"
+"""Key of the clock ticks (:class:`~topics.records.ClockTick`) that the ingest interleaves
+into every partition of the session events, meter readings and payment events topics, in
+order with the records it wrote before them. Readers of those topics skip this key; the
+billing stage takes its event-time watermark from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +145,6 @@ CATALOG: dict[str, TopicSpec] = dict(
             retention_ms=None,
             purpose="OCPI 2.2.1 tariffs",
         ),
-        _spec(
-            "clock",
-            name="voltguard.clock.v1",
-            key="none",
-            record=records.ClockTick,
-            partitions=SESSION_PARTITIONS,
-            retention_ms=1 * DAY_MS,
-            purpose="event-time ticks from ingest to every partition: the billing watermark",
-        ),
         # ---- outputs
         _spec(
             "session_bills",
@@ -255,6 +253,24 @@ CATALOG: dict[str, TopicSpec] = dict(
         ),
     ]
 )
+
+
+def changelog_spec(short: str, group_id: str, default_group: str) -> TopicSpec:
+    """The changelog topic of a stage's state for one consumer group.
+
+    State belongs to a consumer group (as a Kafka Streams store belongs to its application
+    id): the default group uses the catalog's name, any other group gets its own topic, so
+    two groups reading the same input never restore each other's state.
+
+    >>> changelog_spec("billing_state", "voltguard-billing", "voltguard-billing").name
+    'voltguard.billing.cases.v1'
+    >>> changelog_spec("billing_state", "audit", "voltguard-billing").name
+    'voltguard.billing.cases.v1.audit'
+    """
+    spec = CATALOG[short]
+    if group_id == default_group:
+        return spec
+    return dataclasses.replace(spec, name=f"{spec.name}.{group_id}")
 
 
 def topic(short: str) -> str:

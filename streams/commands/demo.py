@@ -1,8 +1,9 @@
 """``voltguard demo``: the main job on the embedded default, watched from the terminal.
 
 Starts (or reuses) the project's local Kafka, creates the catalog's topics, runs the ingest
-worker, feeds it simulated fleet traffic (plus a few real malformed charger frames) and shows
-what comes out: sessions starting and ending, meter readings, dead letters with their reasons.
+and billing workers, feeds them simulated fleet traffic (plus a few real malformed charger
+frames) and shows what comes out: sessions starting and ending, bills, reconciliation
+mismatches with their evidence, dead letters with their reasons.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.admin import create_topics
+from streams.billing import BillingLoop
 from streams.ingest import IngestLoop
 from streams.localkafka import LocalKafka, default_data_dir
+from streams.reference import ReferenceFollower, read_reference
 from streams.settings import Settings
-from topics.catalog import topic
+from topics.catalog import CLOCK_KEY, topic
 from topics.codec import decode
-from topics.records import DeadLetter, MeterReading, SessionEvent
+from topics.records import (
+    DeadLetter,
+    MeterReading,
+    ReconciliationResult,
+    SessionBill,
+    SessionEvent,
+)
 
 __all__ = ["demo"]
 
@@ -80,6 +89,9 @@ class _View:
             topic("session_events"): "session",
             topic("meter_readings"): "reading",
             topic("dead_letters"): "dead",
+            topic("session_bills"): "bill",
+            topic("reconciliation"): "result",
+            topic("reconciliation_mismatches"): "mismatch",
         }
         # Start exactly at today's ends of the topics: nothing earlier, nothing missed.
         assignment = []
@@ -90,6 +102,7 @@ class _View:
         self.consumer.assign(assignment)
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
         self.show_sessions = show_sessions
         self.shown = 0
 
@@ -97,10 +110,29 @@ class _View:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             for msg in self.consumer.consume(1000, 0.2):
-                if msg.error() is None and msg.value() is not None:
+                if msg.error() is None and msg.value() is not None and msg.key() != CLOCK_KEY:
                     self._show(self.names[msg.topic()], msg.value())
 
     def _show(self, kind: str, value: bytes) -> None:
+        if kind == "bill":
+            decode(value, SessionBill)
+            self.counts["bills"] += 1
+            return
+        if kind == "result":
+            result = decode(value, ReconciliationResult)
+            self.counts["reconciled"] += 1
+            self.outcomes[result.outcome] += 1
+            return
+        if kind == "mismatch":
+            r = decode(value, ReconciliationResult)
+            self.counts["mismatch publications"] += 1
+            what = "CORRECTION" if r.revision else "MISMATCH"
+            click.secho(
+                f"  {what} {r.outcome:<29} {r.session_id or '-':<36} delta {r.delta_minor:>6} "
+                f"{r.currency or ''}: {r.detail}",
+                fg="green" if r.outcome == "matched" else "yellow",
+            )
+            return
         if kind == "reading":
             decode(value, MeterReading)
             self.counts["readings"] += 1
@@ -162,7 +194,7 @@ def demo(
     states = create_topics(AdminClient({"bootstrap.servers": bootstrap}))
     click.echo(f"  {len(states)} catalog topics, {sum(s.created for s in states)} created now")
 
-    click.secho("3/4 ingest worker", bold=True)
+    click.secho("3/4 ingest and billing workers", bold=True)
     secret = os.environ.get("VOLTGUARD_HASH_SECRET") or _hash_secret(data_dir.parent)
     settings = Settings.from_env(
         {}, bootstrap_servers=bootstrap, hash_secret=secret, instance_id="demo",
@@ -171,6 +203,16 @@ def demo(
     loop = IngestLoop(settings)
     worker = threading.Thread(target=loop.run, name="ingest", daemon=True)
     worker.start()
+    billing_settings = Settings.from_env(
+        {}, bootstrap_servers=bootstrap, instance_id="demo",
+        billing_group_id="voltguard-demo-billing",
+    )  # fmt: skip
+    reference = read_reference(billing_settings)
+    follower = ReferenceFollower(billing_settings, reference)
+    follower.start()
+    billing = BillingLoop(billing_settings, tariffs=reference.tariffs, stations=reference.stations)
+    billing_worker = threading.Thread(target=billing.run, name="billing", daemon=True)
+    billing_worker.start()
     view = _View(bootstrap, show_sessions=show_sessions)
     click.echo("  running (tokens hashed with the demo secret; nothing raw leaves ingest)")
 
@@ -203,13 +245,25 @@ def demo(
         click.echo("interrupted")
     finally:
         loop.stop()
+        billing.stop()
         worker.join(30)
+        billing_worker.join(30)
+        follower.stop()
         view.close()
     click.secho("summary", bold=True)
     click.echo(f"  {view.status()}")
+    if view.outcomes:
+        click.echo(
+            "  reconciliation (every publication, corrections included): "
+            + ", ".join(f"{k} {v}" for k, v in view.outcomes.most_common())
+        )
+        click.echo(
+            "  results wait for their grace in event time (30 min after the end with "
+            "payments, 7 days without: roaming settles late)"
+        )
     if view.reasons:
         click.echo(
             "  dead letters by error: " + ", ".join(f"{k} {v}" for k, v in view.reasons.items())
         )
-    click.echo(f"  Kafka still runs at {bootstrap}: `voltguard tail session_events` to look, "
+    click.echo(f"  Kafka still runs at {bootstrap}: `voltguard tail reconciliation_mismatches` to look, "
                "`voltguard kafka down` to stop it")  # fmt: skip

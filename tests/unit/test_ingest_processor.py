@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from streams.ingest import BatchResult, IngestProcessor, Output
-from topics.catalog import SESSION_PARTITIONS, topic
+from topics.catalog import CLOCK_KEY, SESSION_PARTITIONS, topic
 from topics.codec import decode
 from topics.identity import session_id_for
 from topics.records import ClockTick, DeadLetter, PaymentEvent
@@ -19,7 +19,7 @@ FRAMES = topic("ocpp_frames")
 
 def data(result: BatchResult) -> list[Output]:
     """The outputs without the clock ticks."""
-    return [o for o in result.outputs if o.topic != topic("clock")]
+    return [o for o in result.outputs if o.key != CLOCK_KEY]
 
 
 def frame_msg(
@@ -169,16 +169,21 @@ def test_clock_ticks_go_to_every_partition_when_the_minute_advances(
     processor: IngestProcessor,
 ) -> None:
     first = processor.process([frame_msg(START, 0)], now=NOW)
-    ticks = [o for o in first.outputs if o.topic == topic("clock")]
-    assert sorted(o.partition for o in ticks) == list(range(SESSION_PARTITIONS))
+    ticks = [o for o in first.outputs if o.key == CLOCK_KEY]
+    targets = {(o.topic, o.partition) for o in ticks}
+    assert targets == {
+        (topic(t), p)
+        for t in ("session_events", "meter_readings", "payment_events")
+        for p in range(SESSION_PARTITIONS)
+    }
     tick = decode(ticks[0].value or b"", ClockTick)
     assert tick.event_time.second == 0 and tick.event_time.microsecond == 0
     # the same minute again sends nothing; a dead letter does not move the clock either
     again = processor.process([frame_msg(RESULT, 1), (FRAMES, 0, 2, None, b"{")], now=NOW)
-    assert [o for o in again.outputs if o.topic == topic("clock")] == []
+    assert [o for o in again.outputs if o.key == CLOCK_KEY] == []
 
 
 def test_input_a_day_ahead_of_now_does_not_move_the_clock(processor: IngestProcessor) -> None:
     result = processor.process([frame_msg(START, 0)], now=NOW - timedelta(days=400))
-    assert [o for o in result.outputs if o.topic == topic("clock")] == []
+    assert [o for o in result.outputs if o.key == CLOCK_KEY] == []
     assert result.counts[("clock", "future_time_ignored")] == 1
