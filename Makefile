@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench-ingest bench-simulate kafka-up kafka-down clean
+.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-simulate kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/python -c "from streams.localkafka import ensure_jars; print('Kafka jars in', ensure_jars())"
 
-## demo: local Kafka up, topics created, ingest worker running, simulated fleet traffic, live view
+## demo: local Kafka up, topics created, ingest and billing workers, simulated fleet traffic, live view
 demo: setup
 	$(BIN)/voltguard demo
 
@@ -35,6 +35,13 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## bench: every broker benchmark (ingest, then billing); figures in bench-*.json
+bench: bench-ingest bench-billing
+
+## bench-billing: simulator traffic -> ingest -> billing/reconciliation, one worker, vs the bare ceilings
+bench-billing: setup
+	$(BIN)/python -m streams.bench billing --json-out bench-billing.json
 
 ## bench-ingest: OCPP MeterValues -> readings through one worker vs the bare consume ceiling
 bench-ingest: setup
