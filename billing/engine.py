@@ -198,6 +198,7 @@ class BillingEngine:
                 payment.currency,
                 at,
                 payment.method,
+                payment.card_fingerprint_hash,
             )
         )
         return self._touched(case, at)

@@ -145,6 +145,8 @@ class PaymentRecord(msgspec.Struct, array_like=True, frozen=True):
     currency: str
     at_ms: int
     method: str
+    card: str | None = None
+    """Keyed hash of the card fingerprint, when the PSP gave one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,11 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
     duplicates: int = 0
     conflicts: int = 0
     last_seq_no: int | None = None
+    seq_bits: bytes = b""
+    """OCPP 2.0.1 seqNo values seen (bit n set: seqNo n arrived); gaps are unset bits."""
+    seq_repeats: int = 0
+    """Messages whose seqNo had been seen already (re-sent or replayed events)."""
+    max_power_w: float = 0.0
     version: int = 0
     finalized: bool = False
     """Samples were dropped after the bill became final; nothing can change the bill now."""
@@ -103,8 +108,7 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
                 setattr(self, name, getattr(event, name))
         if event.offline:
             self.offline = True
-        if event.seq_no is not None and (self.last_seq_no or -1) < event.seq_no:
-            self.last_seq_no = event.seq_no
+        self._seq(event.seq_no)
         if event.kind == "started":
             if self.started_ms is None or at < self.started_ms:
                 self.started_ms, self.started_event_id = at, event.event_id
@@ -128,8 +132,8 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
         what is billed).
         """
         self.readings += 1
-        if reading.seq_no is not None and (self.last_seq_no or -1) < reading.seq_no:
-            self.last_seq_no = reading.seq_no
+        if reading.power_w is not None and reading.power_w > self.max_power_w:
+            self.max_power_w = reading.power_w
         if reading.energy_wh is None:
             return False
         changed = self._add(
@@ -141,6 +145,28 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
         if changed:
             self.version += 1
         return changed
+
+    def _seq(self, seq_no: int | None) -> None:
+        """Record a 2.0.1 TransactionEvent seqNo (readings share their event's seqNo)."""
+        if seq_no is None or seq_no > 100_000:
+            return
+        if self.last_seq_no is None or seq_no > self.last_seq_no:
+            self.last_seq_no = seq_no
+        byte, bit = divmod(seq_no, 8)
+        bits = self.seq_bits
+        if byte >= len(bits):
+            bits = bits + bytes(byte + 1 - len(bits))
+        if bits[byte] & (1 << bit):
+            self.seq_repeats += 1
+            return
+        self.seq_bits = bits[:byte] + bytes([bits[byte] | (1 << bit)]) + bits[byte + 1 :]
+
+    def seq_gaps(self) -> list[int]:
+        """seqNo values below the highest seen that never arrived."""
+        if self.last_seq_no is None:
+            return []
+        bits = self.seq_bits
+        return [n for n in range(self.last_seq_no) if not bits[n // 8] & (1 << (n % 8))]
 
     def _add(self, at: int, register: int, power: float | None, clock: bool) -> bool:
         packed = self.packed

@@ -36,6 +36,7 @@ from confluent_kafka import Message
 
 from billing.engine import BillingEngine, Emit, LateInputError, to_ms
 from billing.reconciliation import ReconciliationConfig
+from models.features import session_features
 from streams.dead_letters import dead_letter_output
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import (
@@ -55,7 +56,9 @@ from topics.records import (
     MeterReading,
     PaymentEvent,
     ReconciliationResult,
+    SessionBill,
     SessionEvent,
+    SessionFeatures,
     Station,
     Tariff,
 )
@@ -73,6 +76,7 @@ class BillingBatch:
 
     outputs: list[Output] = field(default_factory=list)
     emitted: list[Emit] = field(default_factory=list)
+    features: list[SessionFeatures] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
 
@@ -108,6 +112,7 @@ class BillingProcessor:
             for short in ("session_bills", "reconciliation", "reconciliation_mismatches")
         }
         self.changelog_topic = topic("billing_state")
+        self._features_topic = topic("session_features")
         self._ticks: dict[int, dict[str, int]] = {}
         """Latest clock tick per partition and input topic."""
 
@@ -145,6 +150,8 @@ class BillingProcessor:
             for e in emits:
                 batch.emitted.append(e)
                 batch.outputs.append(Output(self._out[e.topic], e.key.encode(), encode(e.record)))
+                if e.topic == "session_bills":
+                    self._features(batch, partition, e)
         for partition in sorted(touched):
             engine = self.engines.get(partition)
             if engine is None:
@@ -152,6 +159,18 @@ class BillingProcessor:
             for key, value in engine.take_changes():
                 batch.outputs.append(Output(self.changelog_topic, key.encode(), value, partition))
         return batch
+
+    def _features(self, batch: BillingBatch, partition: int, e: Emit) -> None:
+        """The session's feature record, published with each version of its bill."""
+        case = self.engine(partition).cases.get(e.key)
+        if case is None or case.session is None or not isinstance(e.record, SessionBill):
+            return
+        station = self.stations.get(case.session.station_id or "")
+        features = session_features(
+            case.session, bill=e.record, payments=case.payments, station=station
+        )
+        batch.features.append(features)
+        batch.outputs.append(Output(self._features_topic, e.key.encode(), encode(features)))
 
     def _one(
         self, short: str, partition: int, key: bytes | None, value: bytes | None

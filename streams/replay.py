@@ -30,7 +30,14 @@ from streams.billing import BillingProcessor
 from streams.ingest import IngestProcessor
 from topics.catalog import CATALOG, topic
 from topics.codec import decode
-from topics.records import DeadLetter, ReconciliationResult, SessionBill, Station, Tariff
+from topics.records import (
+    DeadLetter,
+    ReconciliationResult,
+    SessionBill,
+    SessionFeatures,
+    Station,
+    Tariff,
+)
 
 __all__ = ["Replay", "partition_for", "read_jsonl", "time_ordered"]
 
@@ -65,6 +72,7 @@ class Replay:
     stations: dict[str, Station] = field(default_factory=dict)
     bills: dict[str, SessionBill] = field(default_factory=dict)
     results: dict[str, ReconciliationResult] = field(default_factory=dict)
+    features: dict[str, SessionFeatures] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     mismatch_publications: int = 0
@@ -138,6 +146,8 @@ class Replay:
                 self.dead_letters.append(decode(o.value or b"", DeadLetter))
         for e in billed.emitted:
             self._collect(e)
+        for f in billed.features:
+            self.features[f.session_id] = f
 
     def _collect(self, e: Emit) -> None:
         record = e.record

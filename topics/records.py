@@ -346,12 +346,26 @@ class FraudAlert(Event, kw_only=True, frozen=True):
 
 
 class SessionFeatures(Event, kw_only=True, frozen=True):
-    """The feature vector of one ended session, for scoring and retraining."""
+    """The feature vector of one ended session, for scoring and retraining.
+
+    Besides the numbers it carries what detection repartitions by (token, cards, station)
+    and what explanations quote (register anomalies, missing seqNos, evidence ids).
+    """
 
     session_id: Id
     station_id: Id
     features: dict[str, float]
     model_input_version: NonNegInt = 1
+    token_hash: Hash | None = None
+    token_type: str | None = None
+    auth_status: AuthStatus | None = None
+    card_fingerprint_hashes: list[str] = []
+    started_at: UtcDatetime | None = None
+    lat: Lat | None = None
+    lon: Lon | None = None
+    evidence_event_ids: list[str] = []
+    anomalies: list[dict[str, object]] = []
+    seq_gaps: list[int] = []
 
 
 class AlertLabel(Event, kw_only=True, frozen=True):

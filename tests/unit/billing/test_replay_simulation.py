@@ -51,3 +51,26 @@ def test_replay_is_deterministic(replayed) -> None:
     assert {k: b.event_id for k, b in again.bills.items()} == {
         k: b.event_id for k, b in replay.bills.items()
     }
+
+
+def test_session_features_show_the_meter_faults_and_not_on_clean_sessions(replayed) -> None:
+    replay, sim, labels = replayed
+    assert sim.truth is not None
+    kind = {lab.session_id: lab.kind for lab in labels if lab.session_id}
+    assert set(replay.features) == set(sim.truth)  # one feature record per billed session
+    checks = {
+        "meter_reset": lambda f: f["register_resets"] >= 1,
+        "meter_rollback": lambda f: f["register_rollbacks"] >= 1,
+        "energy_above_capability": lambda f: f["energy_over_capability"] > 1.2,
+        "seqno_gap": lambda f: f["seq_gaps"] >= 1,
+    }
+    seen = Counter()
+    for sid, record in replay.features.items():
+        f = record.features
+        k = kind.get(sid)
+        if k in checks:
+            seen[k] += 1
+            assert checks[k](f), (k, sid, f)
+        elif k is None:
+            assert not any(check(f) for check in checks.values()), (sid, f)
+    assert seen, "the simulation injected no meter fault"
