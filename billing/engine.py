@@ -104,6 +104,8 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_digest: str | None = None
     result_outcome: str | None = None
     revision: int = -1
+    featured: tuple[int, int] = (0, 0)
+    """``(seq_repeats, payment events)`` when the session's features were last published."""
     last_event_ms: int = _NEVER
     next_due_ms: int | None = None
 
@@ -112,11 +114,21 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Emit:
     """An output record: the topic's short name, its key and the record."""
 
-    topic: Literal["session_bills", "reconciliation", "reconciliation_mismatches"]
+    topic: Literal[
+        "session_bills", "reconciliation", "reconciliation_mismatches", "session_features"
+    ]
     key: str
-    record: SessionBill | ReconciliationResult
+    record: SessionBill | ReconciliationResult | None
+    """None for ``session_features``: the shell builds the features from the case."""
 
 
+class _Clock(msgspec.Struct):
+    watermark: int
+    channels: dict[str, int] = {}
+
+
+_encode_clock = msgspec.msgpack.Encoder().encode
+_decode_clock = msgspec.msgpack.Decoder(_Clock).decode
 _encode_case = msgspec.msgpack.Encoder().encode
 _decode_case = msgspec.msgpack.Decoder(Case).decode
 _encode_digest = msgspec.msgpack.Encoder(order="deterministic").encode
@@ -148,6 +160,8 @@ class BillingEngine:
         self._heap: list[tuple[int, str]] = []
         self._dirty: set[str] = set()
         self._watermark_dirty = False
+        self.channel_ticks: dict[str, int] = {}
+        """Latest clock tick per input channel (see :meth:`tick`)."""
 
     # ------------------------------------------------------------------ input
 
@@ -202,6 +216,19 @@ class BillingEngine:
             )
         )
         return self._touched(case, at)
+
+    def tick(self, channel: str, at_ms: int, *, channels: int) -> list[Emit]:
+        """A clock tick seen on one input ``channel``; the watermark is the oldest channel's.
+
+        The latest tick per channel is part of the changelog, so a restarted worker that
+        already committed one channel's last tick still knows it.
+        """
+        if at_ms > self.channel_ticks.get(channel, _NEVER):
+            self.channel_ticks[channel] = at_ms
+            self._watermark_dirty = True
+        if len(self.channel_ticks) < channels:
+            return []
+        return self.advance(min(self.channel_ticks.values()))
 
     def advance(self, watermark_ms: int) -> list[Emit]:
         """Move the watermark (never back) and evaluate every case that became due."""
@@ -296,6 +323,17 @@ class BillingEngine:
             and case.billed_version != s.version
         ):
             out += self._bill(case, s)
+        featured = (s.seq_repeats, len(case.payments)) if s is not None else (0, 0)
+        if (
+            s is not None
+            and case.bill is not None
+            and not s.finalized
+            and featured != case.featured
+        ):
+            # Payments or re-sent events after the bill: detection sees the session again.
+            case.featured = featured
+            if not any(e.topic == "session_bills" for e in out):
+                out.append(Emit("session_features", case.key, None))
         due = self._verdict_due(case)
         if due is not None and wm >= due and (s is None or case.bill is not None):
             out += self._verdict(case)
@@ -380,7 +418,8 @@ class BillingEngine:
         self._dirty.clear()
         if self._watermark_dirty:
             self._watermark_dirty = False
-            yield WATERMARK_KEY, str(self.watermark_ms).encode()
+            yield WATERMARK_KEY, _encode_clock({"watermark": self.watermark_ms,
+                                                "channels": self.channel_ticks})  # fmt: skip
 
     def restore(self, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild the cases and the watermark from changelog records (latest per key wins)."""
@@ -391,7 +430,9 @@ class BillingEngine:
             text = key.decode()
             if text == WATERMARK_KEY:
                 if value is not None:
-                    self.watermark_ms = max(self.watermark_ms, int(value))
+                    clock = _decode_clock(value)
+                    self.watermark_ms = max(self.watermark_ms, clock.watermark)
+                    self.channel_ticks = dict(clock.channels)
             elif value is None:
                 self.cases.pop(text, None)
             else:

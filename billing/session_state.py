@@ -74,6 +74,7 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
     token_type: str | None = None
     auth_status: str | None = None
     offline: bool = False
+    started_offline: bool = False
     stop_reason: str | None = None
     started_ms: int | None = None
     ended_ms: int | None = None
@@ -108,8 +109,10 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
                 setattr(self, name, getattr(event, name))
         if event.offline:
             self.offline = True
-        self._seq(event.seq_no)
+        repeat = self._seq(event.seq_no)
         if event.kind == "started":
+            if event.offline and not repeat:  # a replayed start says nothing of the first one
+                self.started_offline = True
             if self.started_ms is None or at < self.started_ms:
                 self.started_ms, self.started_event_id = at, event.event_id
                 changed = True
@@ -146,10 +149,10 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.version += 1
         return changed
 
-    def _seq(self, seq_no: int | None) -> None:
-        """Record a 2.0.1 TransactionEvent seqNo (readings share their event's seqNo)."""
+    def _seq(self, seq_no: int | None) -> bool:
+        """Record a 2.0.1 TransactionEvent seqNo; True when it had been seen already."""
         if seq_no is None or seq_no > 100_000:
-            return
+            return False
         if self.last_seq_no is None or seq_no > self.last_seq_no:
             self.last_seq_no = seq_no
         byte, bit = divmod(seq_no, 8)
@@ -158,8 +161,9 @@ class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
             bits = bits + bytes(byte + 1 - len(bits))
         if bits[byte] & (1 << bit):
             self.seq_repeats += 1
-            return
+            return True
         self.seq_bits = bits[:byte] + bytes([bits[byte] | (1 << bit)]) + bits[byte + 1 :]
+        return False
 
     def seq_gaps(self) -> list[int]:
         """seqNo values below the highest seen that never arrived."""

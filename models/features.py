@@ -74,6 +74,7 @@ SESSION_FEATURES: Final = (
     "duplicate_readings",
     "conflicting_readings",
     "offline",
+    "offline_start",
     "auth_not_accepted",
     "payment_events",
     "failed_payments",
@@ -116,11 +117,18 @@ def _connector_max_w(station: Station | None, evse_id: int | None) -> float:
 def session_features(
     state: SessionState,
     *,
-    bill: SessionBill | None,
+    bill: SessionBill | None = None,
+    price_minor: int | None = None,
+    bill_event_id: str | None = None,
     payments: Sequence[PaymentRecord],
     station: Station | None,
 ) -> SessionFeatures:
-    """The feature record of one ended session (see the module docstring)."""
+    """The feature record of one ended session (see the module docstring).
+
+    The bill is given whole (``bill``) or as its total and event id.
+    """
+    if bill is not None:
+        price_minor, bill_event_id = bill.total_minor, bill.event_id
     samples = state.samples()
     span = state.span_ms() or (0, 1000)
     start_ms, end_ms = span
@@ -135,7 +143,7 @@ def session_features(
     peak_w = max(state.max_power_w, max((p.max_power_w for p in periods), default=0.0))
     zone = _zone(station.timezone if station else None)
     local = (_EPOCH + timedelta(milliseconds=start_ms)).astimezone(zone)
-    price = bill.total_minor if bill is not None else 0
+    price = price_minor or 0
     captured = sum(p.amount_minor for p in payments if p.kind == "captured")
     authorized = sum(p.amount_minor for p in payments if p.kind == "authorized")
     first_reg = samples[0][1] if samples else 0
@@ -166,6 +174,7 @@ def session_features(
         "duplicate_readings": float(state.duplicates),
         "conflicting_readings": float(state.conflicts),
         "offline": float(state.offline),
+        "offline_start": float(state.started_offline),
         "auth_not_accepted": float(state.auth_status not in (None, "Accepted")),
         "payment_events": float(len(payments)),
         "failed_payments": float(sum(p.kind == "failed" for p in payments)),
@@ -176,10 +185,16 @@ def session_features(
         "captured_over_price": captured / price if price else float(captured > 0),
     }
     ids = [i for i in (state.started_event_id, state.ended_event_id) if i]
-    if bill is not None:
-        ids.append(bill.event_id)
+    if bill_event_id is not None:
+        ids.append(bill_event_id)
     return SessionFeatures(
-        event_id=stable_id("session-features", state.session_id, bill.event_id if bill else ""),
+        event_id=stable_id(
+            "session-features",
+            state.session_id,
+            bill_event_id or "",
+            state.seq_repeats,
+            len(payments),
+        ),
         event_time=_EPOCH + timedelta(milliseconds=end_ms),
         source="voltguard-billing",
         session_id=state.session_id,

@@ -56,7 +56,6 @@ from topics.records import (
     MeterReading,
     PaymentEvent,
     ReconciliationResult,
-    SessionBill,
     SessionEvent,
     SessionFeatures,
     Station,
@@ -113,8 +112,6 @@ class BillingProcessor:
         }
         self.changelog_topic = topic("billing_state")
         self._features_topic = topic("session_features")
-        self._ticks: dict[int, dict[str, int]] = {}
-        """Latest clock tick per partition and input topic."""
 
     def engine(self, partition: int) -> BillingEngine:
         engine = self.engines.get(partition)
@@ -148,10 +145,12 @@ class BillingProcessor:
                 self._reject(batch, source_topic, partition, offset, key, value, exc, now)
             batch.counts[(short, outcome)] += 1
             for e in emits:
+                if e.topic in ("session_bills", "session_features"):
+                    self._features(batch, partition, e)
+                if e.record is None:
+                    continue
                 batch.emitted.append(e)
                 batch.outputs.append(Output(self._out[e.topic], e.key.encode(), encode(e.record)))
-                if e.topic == "session_bills":
-                    self._features(batch, partition, e)
         for partition in sorted(touched):
             engine = self.engines.get(partition)
             if engine is None:
@@ -161,13 +160,18 @@ class BillingProcessor:
         return batch
 
     def _features(self, batch: BillingBatch, partition: int, e: Emit) -> None:
-        """The session's feature record, published with each version of its bill."""
+        """The session's feature record: with each version of its bill, and again when
+        events of the finished session were re-sent (a replay detection must see)."""
         case = self.engine(partition).cases.get(e.key)
-        if case is None or case.session is None or not isinstance(e.record, SessionBill):
+        if case is None or case.session is None or case.bill is None:
             return
         station = self.stations.get(case.session.station_id or "")
         features = session_features(
-            case.session, bill=e.record, payments=case.payments, station=station
+            case.session,
+            price_minor=case.bill.total_minor,
+            bill_event_id=case.bill.event_id if case.bill.unrated is None else None,
+            payments=case.payments,
+            station=station,
         )
         batch.features.append(features)
         batch.outputs.append(Output(self._features_topic, e.key.encode(), encode(features)))
@@ -192,13 +196,7 @@ class BillingProcessor:
         self, short: str, partition: int, engine: BillingEngine, tick: ClockTick
     ) -> list[Emit]:
         """A clock tick on one input topic; the watermark is the oldest of the three topics'."""
-        channels = self._ticks.setdefault(partition, {})
-        at = to_ms(tick.event_time)
-        if at > channels.get(short, -1):
-            channels[short] = at
-        if len(channels) < len(INPUT_TOPICS):
-            return []
-        return engine.advance(min(channels.values()))
+        return engine.tick(short, to_ms(tick.event_time), channels=len(INPUT_TOPICS))
 
     def _reject(
         self,
@@ -230,13 +228,11 @@ class BillingProcessor:
         engine = self.engines[partition] = BillingEngine(
             config=self.config, tariffs=self.tariffs, stations=self.stations
         )
-        self._ticks.pop(partition, None)
         return engine.restore(records)
 
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns."""
         self.engines.pop(partition, None)
-        self._ticks.pop(partition, None)
 
 
 class BillingStage:

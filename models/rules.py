@@ -1,0 +1,452 @@
+"""Fraud rules: small pure units, each with its thresholds in :class:`RuleConfig`.
+
+Three families, by the key their state is kept under (DESIGN.md "Fraud detection"):
+
+* **session rules** (:func:`session_alerts`) look at one session's
+  :class:`~topics.records.SessionFeatures`: meter integrity (register rollback or reset,
+  meter stop below start, energy above what the connector can deliver), OCPP 2.0.1 seqNo
+  gaps and replays, and money captured for a session that delivered nothing;
+* **token rules** (:class:`TokenHistory`) keep a token's recent sessions: the same token in
+  two overlapping sessions at different stations (a clone) or at two stations further apart
+  than anyone could travel in the time between (impossible travel), and an offline session
+  with a token never seen before;
+* **terminal rules** (:class:`TerminalWindow`) keep a payment terminal's recent
+  authorisation attempts: card testing (a burst of small, mostly failed attempts).
+
+Every alert has a deterministic id (a hash of the rule and what it is about, so replays and
+redeliveries give the same id), a severity, a score, the values and thresholds behind it,
+the event ids, and a one-line explanation.
+
+Examples
+--------
+>>> from datetime import UTC, datetime
+>>> from topics.records import SessionFeatures
+>>> f = SessionFeatures(event_id="f1", event_time=datetime(2024, 5, 6, tzinfo=UTC), source="x",
+...     session_id="s1", station_id="CP1", features={"register_rollbacks": 1.0,
+...     "rollback_wh": 420.0})
+>>> [(a.kind, a.severity, a.explanation) for a in session_alerts(f, RuleConfig())]
+[('meter_rollback', 'critical', 'meter register of CP1 went back 420 Wh during session s1')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+import msgspec
+
+from topics.identity import stable_id
+from topics.records import FraudAlert, PaymentEvent, SessionFeatures
+
+__all__ = [
+    "RULE_KINDS",
+    "RuleConfig",
+    "TerminalWindow",
+    "TokenHistory",
+    "TokenSession",
+    "session_alerts",
+]
+
+Severity = Literal["info", "warning", "error", "critical"]
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_SOURCE: Final = "voltguard-rules"
+
+RULE_KINDS: Final = (
+    "meter_rollback",
+    "meter_reset",
+    "meter_stop_below_start",
+    "energy_above_capability",
+    "seqno_gap",
+    "offline_replay",
+    "capture_zero_energy",
+    "cloned_token_overlap",
+    "cloned_token_impossible_travel",
+    "offline_unknown_token",
+    "card_testing",
+)
+"""Every alert kind the rules raise (the simulator's fault kinds use the same names)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """Thresholds of every rule (all configurable; defaults from the simulator and real data).
+
+    Parameters
+    ----------
+    capability_tolerance
+        Energy above ``tolerance x max connector power x duration`` is impossible.
+    min_seq_gaps
+        Missing 2.0.1 seqNos that make a gap alert.
+    zero_energy_wh
+        At or below this much energy a session "delivered nothing".
+    travel_kmh
+        Faster than this between two sessions of one token is impossible travel.
+    travel_min_km
+        Stations closer than this are never impossible travel (GPS noise, same site).
+    token_history
+        Sessions kept per token.
+    card_testing_window_s, card_testing_min_attempts, card_testing_max_amount_minor,
+    card_testing_min_failed_share
+        A terminal with at least ``min_attempts`` small (``<= max_amount``) attempts within
+        the window, of which at least ``min_failed_share`` failed, is being card-tested.
+    """
+
+    capability_tolerance: float = 1.2
+    min_seq_gaps: int = 1
+    zero_energy_wh: float = 0.0
+    travel_kmh: float = 150.0
+    travel_min_km: float = 5.0
+    token_history: int = 20
+    card_testing_window_s: int = 900
+    card_testing_min_attempts: int = 8
+    card_testing_max_amount_minor: int = 300
+    card_testing_min_failed_share: float = 0.5
+
+
+def _alert(
+    kind: str,
+    severity: Severity,
+    score: float,
+    *,
+    subject_type: Literal["session", "token", "card", "station", "terminal", "payment"],
+    subject_id: str,
+    about: Sequence[str],
+    at: datetime,
+    explanation: str,
+    evidence: dict[str, object],
+    event_ids: Sequence[str],
+    session_id: str | None = None,
+    station_id: str | None = None,
+) -> FraudAlert:
+    return FraudAlert(
+        event_id=stable_id("alert-event", kind, subject_id, *about),
+        event_time=at,
+        source=_SOURCE,
+        alert_id=stable_id("alert", kind, subject_type, subject_id, *sorted(about)),
+        kind=kind,
+        severity=severity,
+        score=score,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        session_id=session_id,
+        station_id=station_id,
+        evidence=evidence,
+        evidence_event_ids=list(event_ids),
+        explanation=explanation,
+        detector="rules",
+    )
+
+
+# --------------------------------------------------------------------------- session rules
+
+
+def session_alerts(f: SessionFeatures, cfg: RuleConfig) -> list[FraudAlert]:
+    """Alerts about one session from its features alone (meter, sequence, money)."""
+    x = f.features
+    out: list[FraudAlert] = []
+    sid, station = f.session_id, f.station_id
+    common = {
+        "subject_type": "session",
+        "subject_id": sid,
+        "about": (sid,),
+        "at": f.event_time,
+        "event_ids": f.evidence_event_ids,
+        "session_id": sid,
+        "station_id": station,
+    }
+    if x.get("register_rollbacks", 0) >= 1:
+        back = x.get("rollback_wh", 0.0)
+        out.append(
+            _alert(
+                "meter_rollback", "critical", 1.0,
+                explanation=f"meter register of {station} went back {back:.0f} Wh during session {sid}",
+                evidence={"rollbacks": x["register_rollbacks"], "rollback_wh": back,
+                          "anomalies": f.anomalies},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    if x.get("register_resets", 0) >= 1:
+        out.append(
+            _alert(
+                "meter_reset", "critical", 1.0,
+                explanation=f"meter register of {station} restarted near zero during session {sid}",
+                evidence={"resets": x["register_resets"], "anomalies": f.anomalies},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    elif x.get("meter_stop_below_start", 0) >= 1 and not x.get("register_rollbacks", 0):
+        out.append(
+            _alert(
+                "meter_stop_below_start", "error", 1.0,
+                explanation=f"session {sid} at {station} ended below its start register",
+                evidence={"anomalies": f.anomalies},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    ratio = x.get("energy_over_capability", 0.0)
+    if ratio > cfg.capability_tolerance:
+        out.append(
+            _alert(
+                "energy_above_capability", "critical", ratio,
+                explanation=(
+                    f"{x.get('energy_kwh', 0):.1f} kWh in {x.get('duration_min', 0):.0f} min is "
+                    f"{ratio:.2f}x what a {x.get('connector_max_kw', 0):.0f} kW connector can deliver"
+                ),
+                evidence={"energy_kwh": x.get("energy_kwh"), "duration_min": x.get("duration_min"),
+                          "connector_max_kw": x.get("connector_max_kw"), "ratio": ratio,
+                          "threshold": cfg.capability_tolerance},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    gaps = x.get("seq_gaps", 0)
+    if gaps >= cfg.min_seq_gaps:
+        out.append(
+            _alert(
+                "seqno_gap", "warning", gaps,
+                explanation=f"{gaps:.0f} TransactionEvent(s) of session {sid} never arrived "
+                            f"(seqNo {', '.join(map(str, f.seq_gaps[:5]))})",
+                evidence={"missing_seq_nos": f.seq_gaps, "threshold": cfg.min_seq_gaps},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    repeats = x.get("seq_repeats", 0)
+    if repeats >= 1:
+        out.append(
+            _alert(
+                "offline_replay", "error", repeats,
+                explanation=f"{repeats:.0f} TransactionEvent(s) of session {sid} arrived twice "
+                            "(a finished transaction re-sent)",
+                evidence={"repeated_events": repeats},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    energy_wh = x.get("energy_kwh", 0.0) * 1000
+    captured = x.get("captured_minor", 0.0)
+    if energy_wh <= cfg.zero_energy_wh and captured > 0 and x.get("price_minor", 0.0) <= 0:
+        out.append(
+            _alert(
+                "capture_zero_energy", "error", captured,
+                explanation=f"{captured:.0f} captured for session {sid}, which delivered no "
+                            "energy and costs nothing",
+                evidence={"energy_wh": energy_wh, "captured_minor": captured,
+                          "price_minor": x.get("price_minor")},
+                **common,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------- token rules
+
+
+class TokenSession(msgspec.Struct, array_like=True, frozen=True):
+    """What a token's history keeps of one session."""
+
+    session_id: str
+    station_id: str
+    start_ms: int
+    end_ms: int
+    lat: float | None
+    lon: float | None
+    offline: bool
+    event_ids: list[str]
+
+
+def km_between(a_lat: float, a_lon: float, b_lat: float, b_lon: float) -> float:
+    """Great-circle distance in km (haversine).
+
+    >>> round(km_between(52.52, 13.405, 48.137, 11.575))
+    504
+    """
+    p1, p2 = math.radians(a_lat), math.radians(b_lat)
+    dp, dl = p2 - p1, math.radians(b_lon - a_lon)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
+
+
+def _ms(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+class TokenHistory(msgspec.Struct, kw_only=True):
+    """One token's recent sessions (a table row keyed by token hash) and its rules.
+
+    :meth:`observe` adds a session (in any order: features arrive when bills do) and returns
+    the alerts it causes together with the token features for models.
+    """
+
+    token_hash: str
+    sessions: list[TokenSession] = []
+    seen: int = 0
+
+    def observe(
+        self, f: SessionFeatures, cfg: RuleConfig
+    ) -> tuple[list[FraudAlert], dict[str, float]]:
+        """Add one ended session of this token; its alerts and ``token_*`` features."""
+        x = f.features
+        start = _ms(f.started_at) if f.started_at else _ms(f.event_time)
+        end = _ms(f.event_time)
+        new = TokenSession(
+            f.session_id, f.station_id, start, end, f.lat, f.lon, bool(x.get("offline")),
+            list(f.evidence_event_ids[:3]),
+        )  # fmt: skip
+        if any(s.session_id == new.session_id for s in self.sessions):
+            others = [s for s in self.sessions if s.session_id != new.session_id]
+        else:
+            others = list(self.sessions)
+            self.seen += 1
+        alerts: list[FraudAlert] = []
+        overlapping = [s for s in others if s.start_ms < end and start < s.end_ms and
+                       s.station_id != new.station_id]  # fmt: skip
+        for other in overlapping:
+            alerts.append(self._pair("cloned_token_overlap", new, other, f, 0.0, 0.0))
+        fastest: tuple[float, TokenSession, float, float] | None = None
+        for other in others:
+            if other in overlapping or None in (new.lat, new.lon, other.lat, other.lon):
+                continue
+            gap_ms = start - other.end_ms if other.end_ms <= start else other.start_ms - end
+            if gap_ms < 0:
+                continue
+            km = km_between(new.lat, new.lon, other.lat, other.lon)  # type: ignore[arg-type]
+            hours = max(gap_ms / 3_600_000, 1 / 60)
+            if km >= cfg.travel_min_km and km / hours > cfg.travel_kmh:
+                speed = km / hours
+                if fastest is None or speed > fastest[0]:
+                    fastest = (speed, other, km, hours)
+        if fastest is not None:
+            speed, other, km, hours = fastest
+            alerts.append(
+                self._pair("cloned_token_impossible_travel", new, other, f, km, hours, cfg)
+            )
+        if new.offline and not others and self.seen == 1 and x.get("offline_start", 0) >= 1:
+            alerts.append(
+                _alert(
+                    "offline_unknown_token", "error", 1.0,
+                    subject_type="token", subject_id=self.token_hash, about=(f.session_id,),
+                    at=f.event_time, session_id=f.session_id, station_id=f.station_id,
+                    explanation=f"offline session {f.session_id} at {f.station_id} with a token "
+                                "never seen before",
+                    evidence={"offline": True, "token_sessions_before": 0},
+                    event_ids=f.evidence_event_ids,
+                )
+            )  # fmt: skip
+        features = self._features(new, others)
+        self.sessions = sorted([*others, new], key=lambda s: s.start_ms)[-cfg.token_history :]
+        return alerts, features
+
+    def _pair(
+        self,
+        kind: str,
+        new: TokenSession,
+        other: TokenSession,
+        f: SessionFeatures,
+        km: float,
+        hours: float,
+        cfg: RuleConfig | None = None,
+    ) -> FraudAlert:
+        first, second = sorted((new, other), key=lambda s: (s.start_ms, s.session_id))
+        if kind == "cloned_token_overlap":
+            text = (
+                f"token used at {first.station_id} and {second.station_id} at the same time "
+                f"(sessions {first.session_id}, {second.session_id})"
+            )
+            evidence: dict[str, object] = {"sessions": [first.session_id, second.session_id],
+                                           "stations": [first.station_id, second.station_id]}  # fmt: skip
+        else:
+            speed = km / hours if hours else math.inf
+            text = (
+                f"token at {first.station_id} then {second.station_id}, {km:.0f} km apart "
+                f"{hours * 60:.0f} min later ({speed:.0f} km/h > {cfg.travel_kmh if cfg else 0:.0f})"
+            )
+            evidence = {"sessions": [first.session_id, second.session_id], "km": round(km, 1),
+                        "hours": round(hours, 3), "kmh": round(speed, 1),
+                        "threshold_kmh": cfg.travel_kmh if cfg else None}  # fmt: skip
+        return _alert(
+            kind, "critical", 1.0,
+            subject_type="token", subject_id=self.token_hash,
+            about=(first.session_id, second.session_id), at=f.event_time,
+            session_id=new.session_id, station_id=new.station_id,
+            explanation=text, evidence=evidence,
+            event_ids=[*first.event_ids, *second.event_ids],
+        )  # fmt: skip
+
+    def _features(self, new: TokenSession, others: list[TokenSession]) -> dict[str, float]:
+        before = [s for s in others if s.start_ms < new.start_ms]
+        prev = max(before, key=lambda s: s.end_ms, default=None)
+        out = {
+            "token_sessions_before": float(len(before)),
+            "token_new": float(not before),
+            "token_overlapping": float(
+                any(s.start_ms < new.end_ms and new.start_ms < s.end_ms for s in others)
+            ),
+            "token_hours_since_prev": -1.0,
+            "token_km_from_prev": -1.0,
+            "token_kmh_from_prev": -1.0,
+        }
+        if prev is not None:
+            hours = max(0.0, (new.start_ms - prev.end_ms) / 3_600_000)
+            out["token_hours_since_prev"] = hours
+            if None not in (new.lat, new.lon, prev.lat, prev.lon):
+                km = km_between(new.lat, new.lon, prev.lat, prev.lon)  # type: ignore[arg-type]
+                out["token_km_from_prev"] = km
+                out["token_kmh_from_prev"] = km / max(hours, 1 / 60)
+        return out
+
+
+# --------------------------------------------------------------------------- terminal rules
+
+
+class _Attempt(msgspec.Struct, array_like=True, frozen=True):
+    event_id: str
+    at_ms: int
+    amount_minor: int
+    failed: bool
+
+
+class TerminalWindow(msgspec.Struct, kw_only=True):
+    """A payment terminal's recent small authorisation attempts (a table row by terminal)."""
+
+    terminal_id: str
+    attempts: list[_Attempt] = []
+    alerted_until_ms: int = -1
+
+    def observe(self, p: PaymentEvent, cfg: RuleConfig) -> list[FraudAlert]:
+        """Add one payment event of this terminal; a card-testing alert when a burst shows."""
+        if p.kind not in ("authorized", "failed"):
+            return []
+        if p.amount_minor > cfg.card_testing_max_amount_minor:
+            return []
+        at = _ms(p.event_time)
+        window = cfg.card_testing_window_s * 1000
+        if any(a.event_id == p.event_id for a in self.attempts):
+            return []
+        self.attempts = [a for a in self.attempts if a.at_ms > at - window]
+        self.attempts.append(_Attempt(p.event_id, at, p.amount_minor, p.kind == "failed"))
+        if at <= self.alerted_until_ms:
+            self.alerted_until_ms = at + window  # the same burst goes on
+            return []
+        n = len(self.attempts)
+        failed = sum(a.failed for a in self.attempts)
+        if n < cfg.card_testing_min_attempts or failed / n < cfg.card_testing_min_failed_share:
+            return []
+        self.alerted_until_ms = at + window
+        first = self.attempts[0]
+        return [
+            _alert(
+                "card_testing", "critical", failed / n,
+                subject_type="terminal", subject_id=self.terminal_id, about=(first.event_id,),
+                at=p.event_time, station_id=p.station_id,
+                explanation=(
+                    f"{n} small authorisations in {(at - first.at_ms) / 60_000:.0f} min at "
+                    f"terminal {self.terminal_id}, {failed} failed"
+                ),
+                evidence={"attempts": n, "failed": failed, "window_s": cfg.card_testing_window_s,
+                          "min_attempts": cfg.card_testing_min_attempts,
+                          "max_amount_minor": cfg.card_testing_max_amount_minor},
+                event_ids=[a.event_id for a in self.attempts],
+            )
+        ]  # fmt: skip
