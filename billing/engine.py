@@ -259,10 +259,20 @@ class BillingEngine:
         if at_ms > case.last_event_ms:
             case.last_event_ms = at_ms
         self._dirty.add(case.key)
-        if case.bill is not None or case.result_digest is not None:
-            return self._evaluate(case)  # a correction, if anything changed
+        if case.bill is not None or case.result_digest is not None or self._due_now(case):
+            return self._evaluate(case)  # a correction, or an event later than its grace
         self._schedule(case)
         return []
+
+    def _due_now(self, case: Case) -> bool:
+        """Whether the watermark is already past the case's bill or verdict time."""
+        wm = self.watermark_ms
+        s = case.session
+        grace_ms = self.config.bill_grace_s * 1000
+        if s is not None and s.ended_ms is not None and wm >= s.ended_ms + grace_ms:
+            return True
+        due = self._verdict_due(case)
+        return due is not None and wm >= due
 
     def _schedule(self, case: Case) -> None:
         due = self._next_due(case)

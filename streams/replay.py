@@ -26,12 +26,14 @@ import orjson
 
 from billing.engine import Emit
 from billing.reconciliation import ReconciliationConfig
+from models.detect import Detector
 from streams.billing import BillingProcessor
 from streams.ingest import IngestProcessor
-from topics.catalog import CATALOG, topic
+from topics.catalog import CATALOG, CLOCK_KEY, topic
 from topics.codec import decode
 from topics.records import (
     DeadLetter,
+    PaymentEvent,
     ReconciliationResult,
     SessionBill,
     SessionFeatures,
@@ -76,6 +78,8 @@ class Replay:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     mismatch_publications: int = 0
+    detector: Detector | None = None
+    """Runs the fraud rules over features and payments when given."""
 
     def __post_init__(self) -> None:
         self.ingest = IngestProcessor(hash_secret=self.hash_secret)
@@ -91,6 +95,7 @@ class Replay:
             topic(s) for s in ("session_events", "meter_readings", "payment_events")
         }
         self._dead = topic("dead_letters")
+        self._payments = topic("payment_events")
 
     def run(self, lines: Iterable[Line]) -> Replay:
         """Replay every line (reference data first is the caller's order to keep)."""
@@ -135,6 +140,8 @@ class Replay:
             if o.topic == self._dead:
                 self.dead_letters.append(decode(o.value or b"", DeadLetter))
             elif o.topic in self._billing_inputs:
+                if self.detector is not None and o.topic == self._payments and o.key != CLOCK_KEY:
+                    self.detector.on_payment(decode(o.value or b"", PaymentEvent))
                 partition = o.partition
                 if partition is None:
                     partition = partition_for(o.key, 6) if o.key else 0
@@ -148,6 +155,8 @@ class Replay:
             self._collect(e)
         for f in billed.features:
             self.features[f.session_id] = f
+            if self.detector is not None:
+                self.detector.on_features(f)
 
     def _collect(self, e: Emit) -> None:
         record = e.record

@@ -24,7 +24,7 @@ from billing.engine import Emit
 from streams.admin import create_topics
 from streams.billing import BillingBatch, BillingLoop
 from streams.commands.simulate import produce_to_kafka
-from streams.ingest import IngestLoop
+from streams.ingest import BatchResult, IngestLoop
 from streams.reference import read_reference
 from streams.replay import Replay
 from streams.settings import Settings
@@ -33,7 +33,7 @@ from tests.simcheck import check
 from topics.codec import decode
 from topics.records import DeadLetter, ReconciliationResult, SessionBill
 from topics.simulation.config import SimulationConfig
-from topics.simulation.engine import Simulation
+from topics.simulation.engine import Simulation, Summary
 from topics.simulation.faults import SimLabel
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -49,20 +49,43 @@ def topics_ready(private_kafka: str) -> str:
     return private_kafka
 
 
-def start_traffic(bootstrap: str) -> list[threading.Thread]:
-    """The simulator (paced, so the stream lasts a while) and the ingest worker, running."""
-    producer = threading.Thread(
-        target=produce_to_kafka,
-        args=(CONFIG,),
-        kwargs={"hash_secret": SECRET.encode(), "bootstrap_servers": bootstrap, "rate": 15_000},
-    )
-    settings = Settings.from_env(
-        {}, bootstrap_servers=bootstrap, hash_secret=SECRET, instance_id="ingest-1"
-    )
-    ingest = threading.Thread(target=IngestLoop(settings).run, kwargs={"max_idle_s": 8.0})
-    producer.start()
-    ingest.start()
-    return [producer, ingest]
+class Traffic:
+    """The simulator (paced, so the stream lasts a while) and the ingest worker, running.
+
+    The ingest stops only once the producer is done and every produced record was handled
+    (an idle timeout alone stopped it early on a slow machine, before the stream's end).
+    """
+
+    def __init__(self, bootstrap: str) -> None:
+        self.summary: Summary | None = None
+        self.handled = 0
+        settings = Settings.from_env(
+            {}, bootstrap_servers=bootstrap, hash_secret=SECRET, instance_id="ingest-1"
+        )
+        self.ingest = IngestLoop(settings, on_batch=self._count)
+        self.producer = threading.Thread(target=self._produce, args=(bootstrap,))
+        self.consumer = threading.Thread(target=self.ingest.run)
+        self.producer.start()
+        self.consumer.start()
+
+    def _produce(self, bootstrap: str) -> None:
+        self.summary = produce_to_kafka(
+            CONFIG, hash_secret=SECRET.encode(), bootstrap_servers=bootstrap, rate=15_000
+        )
+
+    def _count(self, result: BatchResult) -> None:
+        self.handled += sum(n for (t, _), n in result.counts.items() if t != "clock")
+
+    def finish(self, timeout_s: float = 300) -> None:
+        self.producer.join(timeout_s)
+        assert self.summary is not None, "the simulator did not finish"
+        expected = self.summary.frames + self.summary.payments
+        deadline = time.monotonic() + timeout_s
+        while self.handled < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.ingest.stop()
+        self.consumer.join(60)
+        assert self.handled == expected, (self.handled, expected)
 
 
 def billing_process(bootstrap: str, group: str) -> subprocess.Popen[bytes]:
@@ -89,7 +112,7 @@ def final(results: list[ReconciliationResult]) -> dict[str, ReconciliationResult
 
 def test_killed_billing_worker_equals_uninterrupted_run_and_replay(topics_ready: str) -> None:
     bootstrap = topics_ready
-    traffic = start_traffic(bootstrap)
+    traffic = Traffic(bootstrap)
     worker = billing_process(bootstrap, "billing-killed")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -100,9 +123,7 @@ def test_killed_billing_worker_equals_uninterrupted_run_and_replay(topics_ready:
     worker.send_signal(signal.SIGKILL)  # mid-stream: its open transaction must vanish
     first_log = worker.communicate(timeout=10)[0].decode()
     at_kill = len(read_all(bootstrap, "reconciliation", settle_s=0.5))
-    for thread in traffic:
-        thread.join(300)
-        assert not thread.is_alive()
+    traffic.finish()
     worker = billing_process(bootstrap, "billing-killed")  # restores its tables, finishes
     out, _ = worker.communicate(timeout=600)
     assert worker.returncode == 0, out.decode()[-3000:]

@@ -316,3 +316,15 @@ def test_channel_ticks_survive_a_restore() -> None:
     out = restored.tick("payment_events", ms(200), channels=3)
     assert summary(out) == [("session_bills", "bill", 500), ("reconciliation", "matched", 0)]
     assert restored.watermark_ms == ms(200)
+
+
+def test_events_later_than_their_grace_are_decided_at_once() -> None:
+    e = engine()
+    e.advance(ms(500))  # the watermark is far past this session's end when it arrives
+    out = feed(e, EVENTS)
+    assert ("session_bills", "bill", 500) in summary(out)
+    assert ("reconciliation", "matched", 0) in summary(out)
+    orphan = engine()
+    orphan.advance(ms(500))
+    late = orphan.on_payment(payment("captured", 900, 0, sid=None))  # due at 60, seen at 500
+    assert summary(late)[0] == ("reconciliation", "orphan_payment", 900)
