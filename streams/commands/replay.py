@@ -15,8 +15,11 @@ from typing import Any
 import click
 import msgspec
 
+from models.detect import Detector
+from models.evaluation import Report, detections, evaluate
 from streams.replay import Replay, time_ordered
 from streams.settings import ConfigError, Settings
+from topics.simulation.faults import SimLabel
 
 __all__ = ["replay"]
 
@@ -78,6 +81,13 @@ def summarize(run: Replay, elapsed_s: float) -> dict[str, Any]:
     help="Key of the token hashes (the same as the simulator's and the worker's).",
 )
 @click.option(
+    "--detect/--no-detect",
+    default=True,
+    show_default=True,
+    help="Also run the fraud rules (writes alerts.jsonl) and, when a labels.jsonl from "
+    "`voltguard simulate` is among the inputs, score detections against it.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -85,7 +95,9 @@ def summarize(run: Replay, elapsed_s: float) -> dict[str, Any]:
     show_default=True,
     help="Summary format.",
 )
-def replay(inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, fmt: str) -> None:
+def replay(
+    inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, detect: bool, fmt: str
+) -> None:
     """Run ingest, billing and reconciliation on JSONL files, without a broker.
 
     INPUTS are files or directories (every *.jsonl in them). Station and tariff files are
@@ -96,6 +108,7 @@ def replay(inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, fmt
     files: list[Path] = []
     for path in inputs:
         files += sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    label_files = [f for f in files if f.name == "labels.jsonl"]
     files = [f for f in files if f.name != "labels.jsonl"]
     if not files:
         raise click.UsageError("no .jsonl input files")
@@ -105,10 +118,27 @@ def replay(inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, fmt
         raise click.UsageError(str(exc)) from None
     started = time.perf_counter()
     try:
-        run = Replay(hash_secret=hash_secret.encode(), config=config).run(time_ordered(files))
+        run = Replay(
+            hash_secret=hash_secret.encode(),
+            config=config,
+            detector=Detector() if detect else None,
+        ).run(time_ordered(files))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     summary = summarize(run, time.perf_counter() - started)
+    report = None
+    if run.detector is not None:
+        alerts = sorted(run.detector.alerts.values(), key=lambda a: a.event_time)
+        summary["alerts"] = dict(Counter(a.kind for a in alerts).most_common())
+        if label_files:
+            labels = [
+                msgspec.json.decode(value, type=SimLabel)
+                for f in label_files
+                for value in _label_values(f)
+            ]
+            found = detections(alerts, run.results.values())
+            report = evaluate(found, labels, sessions=len(run.bills))
+            summary["evaluation"] = _report_dict(report)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         results = sorted(run.results.values(), key=lambda r: r.result_id)
@@ -116,6 +146,11 @@ def replay(inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, fmt
         _write(out_dir / "reconciliation.jsonl", results)
         _write(out_dir / "mismatches.jsonl", [r for r in results if r.outcome != "matched"])
         _write(out_dir / "dead_letters.jsonl", run.dead_letters)
+        if run.detector is not None:
+            _write(
+                out_dir / "alerts.jsonl",
+                sorted(run.detector.alerts.values(), key=lambda a: a.event_time),
+            )
         summary["out_dir"] = str(out_dir)
     if fmt == "json":
         click.echo(msgspec.json.encode(summary).decode())
@@ -133,5 +168,54 @@ def replay(inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, fmt
             f"{m.get('captured_minor', 0)}, refunded {m.get('refunded_minor', 0)}, "
             f"leakage {m.get('leakage_minor', 0)} (minor units)"
         )
+    for kind, n in summary.get("alerts", {}).items():
+        click.echo(f"  alert {kind:<32} {n}")
+    if report is not None:
+        click.echo(
+            f"  {'kind':<32} {'labels':>6} {'found':>6} {'recall':>7} {'precision':>9} {'delay':>8}"
+        )
+        for kind, row in sorted(summary["evaluation"]["kinds"].items()):
+            click.echo(
+                f"  {kind:<32} {row['labels']:>6} {row['detections']:>6} {_fmt(row['recall']):>7} "
+                f"{_fmt(row['precision']):>9} {_fmt_delay(row['delay_s']):>8}"
+            )
+        click.echo(
+            f"  clean sessions flagged: {report.clean_sessions_flagged} of {report.sessions} "
+            f"({report.clean_flag_rate:.2%})"
+        )
     if out_dir is not None:
         click.echo(f"written to {out_dir}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _fmt_delay(value: float | None) -> str:
+    return "-" if value is None else f"{value / 60:.1f}m"
+
+
+def _label_values(path: Path) -> list[bytes]:
+    out = []
+    for raw in path.read_bytes().splitlines():
+        if raw.strip():
+            out.append(msgspec.json.encode(msgspec.json.decode(raw)["value"]))
+    return out
+
+
+def _report_dict(report: Report) -> dict[str, Any]:
+    return {
+        "kinds": {
+            kind: {
+                "labels": s.labels,
+                "detections": s.detections,
+                "recall": s.recall,
+                "precision": s.precision,
+                "delay_s": s.delay_s,
+            }
+            for kind, s in report.kinds.items()
+        },
+        "sessions": report.sessions,
+        "clean_sessions_flagged": report.clean_sessions_flagged,
+        "false_positive_kinds": report.false_positive_kinds,
+    }

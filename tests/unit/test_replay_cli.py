@@ -1,0 +1,34 @@
+"""`voltguard replay` on `voltguard simulate` files: bills, results, alerts and the scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from streams.cli import main
+from streams.commands.simulate import simulate_to_files
+from topics.simulation.config import SimulationConfig
+
+
+def test_replay_writes_results_and_scores_detections(tmp_path: Path) -> None:
+    sim_dir = tmp_path / "sim"
+    config = SimulationConfig(seed=31, sessions=300, stations=20, fault_scale=4.0)
+    simulate_to_files(config, hash_secret=b"cli-secret", out_dir=sim_dir)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["replay", str(sim_dir), "--out", str(out), "--format", "json"],
+        env={"VOLTGUARD_HASH_SECRET": "cli-secret"},
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["bills"] >= 295 and summary["dead_letters"] == 0
+    assert summary["outcomes"]["matched"] > 250
+    kinds = summary["evaluation"]["kinds"]
+    assert kinds["overcharge"]["recall"] == 1.0 and kinds["overcharge"]["precision"] == 1.0
+    assert summary["evaluation"]["clean_sessions_flagged"] == 0
+    bills = (out / "bills.jsonl").read_text().splitlines()
+    assert len(bills) == summary["bills"]
+    assert (out / "alerts.jsonl").exists() and (out / "mismatches.jsonl").exists()
