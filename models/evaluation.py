@@ -48,9 +48,16 @@ OUTCOME_KINDS: Final = {
 ``capture_zero_energy``). Only a result's primary outcome is a detection; the others are
 its consequences (a capture made twice also exceeds the hold)."""
 
-IMPLIED: Final = {"offline_unknown_token": frozenset({"missing_payment"})}
-"""Other kinds a label's fault makes true as well: nobody pays for a session whose token
-the CSMS does not know. Such a detection is right, though the label names another kind."""
+IMPLIED: Final = {
+    "offline_unknown_token": frozenset({"missing_payment"}),
+    "cloned_token_overlap": frozenset({"cloned_token_impossible_travel"}),
+    "cloned_token_impossible_travel": frozenset({"cloned_token_overlap"}),
+}
+"""Other kinds a label's fault makes true as well. Nobody pays for a session whose token
+the CSMS does not know. A cloned token is used independently of its owner, whose own
+sessions then overlap the clone's or lie too far from them in too little time, whichever
+kind the simulator labelled. Such a detection is right, though the label names another
+kind; recall still counts only the labelled kind."""
 
 
 @dataclass(frozen=True, slots=True)

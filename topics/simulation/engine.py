@@ -716,8 +716,9 @@ class Simulation:
         home = first.station
         dist = np.hypot(w.st_x - home.x_km, w.st_y - home.y_km)
         if kind == "cloned_token_overlap":
-            span = max(60_000, first.end_ms - first.start_ms)
-            t = first.start_ms + max(60_000, int(span * float(rng.uniform(0.1, 0.7))))
+            # strictly inside the first session, however short it is
+            span = max(2_000, first.end_ms - first.start_ms)
+            t = first.start_ms + max(1_000, int(span * float(rng.uniform(0.1, 0.7))))
             weights = ((dist >= 1.0) & (dist <= 30.0)).astype(float)
         else:
             weights = (dist >= max(3.0, float(np.quantile(dist, 0.7)))).astype(float)
