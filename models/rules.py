@@ -282,6 +282,9 @@ class TokenHistory(msgspec.Struct, kw_only=True):
     token_hash: str
     sessions: list[TokenSession] = []
     seen: int = 0
+    alerted: list[str] = []
+    """Ids of the alerts already raised (the latest 50), so a session seen again (its
+    features are republished when payments follow the bill) raises nothing twice."""
 
     def observe(
         self, f: SessionFeatures, cfg: RuleConfig
@@ -336,7 +339,9 @@ class TokenHistory(msgspec.Struct, kw_only=True):
             )  # fmt: skip
         features = self._features(new, others)
         self.sessions = sorted([*others, new], key=lambda s: s.start_ms)[-cfg.token_history :]
-        return alerts, features
+        fresh = [a for a in alerts if a.alert_id not in self.alerted]
+        self.alerted = [*self.alerted, *(a.alert_id for a in fresh)][-50:]
+        return fresh, features
 
     def _pair(
         self,
