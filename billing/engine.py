@@ -120,6 +120,9 @@ class Emit:
     key: str
     record: SessionBill | ReconciliationResult | None
     """None for ``session_features``: the shell builds the features from the case."""
+    session: SessionState | None = None
+    """For bills and features: the session as it was then (its samples may be dropped by
+    the time the shell builds the features)."""
 
 
 class _Clock(msgspec.Struct):
@@ -343,7 +346,7 @@ class BillingEngine:
             # Payments or re-sent events after the bill: detection sees the session again.
             case.featured = featured
             if not any(e.topic == "session_bills" for e in out):
-                out.append(Emit("session_features", case.key, None))
+                out.append(Emit("session_features", case.key, None, msgspec.structs.replace(s)))
         due = self._verdict_due(case)
         if due is not None and wm >= due and (s is None or case.bill is not None):
             out += self._verdict(case)
@@ -388,7 +391,7 @@ class BillingEngine:
         if case.bill is not None and case.bill.event_id == bill.event_id:
             return []
         case.bill = summary
-        return [Emit("session_bills", case.key, bill)]
+        return [Emit("session_bills", case.key, bill, msgspec.structs.replace(s))]
 
     def _verdict(self, case: Case) -> list[Emit]:
         s = case.session

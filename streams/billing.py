@@ -163,11 +163,12 @@ class BillingProcessor:
         """The session's feature record: with each version of its bill, and again when
         events of the finished session were re-sent (a replay detection must see)."""
         case = self.engine(partition).cases.get(e.key)
-        if case is None or case.session is None or case.bill is None:
+        session = e.session or (case.session if case is not None else None)
+        if case is None or session is None or case.bill is None:
             return
-        station = self.stations.get(case.session.station_id or "")
+        station = self.stations.get(session.station_id or "")
         features = session_features(
-            case.session,
+            session,
             price_minor=case.bill.total_minor,
             bill_event_id=case.bill.event_id if case.bill.unrated is None else None,
             payments=case.payments,

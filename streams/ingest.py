@@ -92,7 +92,14 @@ class IngestProcessor:
         }
         self.clock_ms = -1
         """The last minute of input time sent to the clock topic."""
-        self._seen_ms = -1
+        self.seen_ms: dict[tuple[str, int], int] = {}
+        """Latest input time read per input (topic, partition)."""
+        self.caught_up: set[tuple[str, int]] = set()
+        self.assigned: set[tuple[str, int]] = set()
+        """Input partitions assigned to this worker (empty without a consumer, as in replay)."""
+        self._current: tuple[str, int] = ("", 0)
+        self._now_ms = 0
+        self._future = 0
 
     def process(
         self,
@@ -102,8 +109,12 @@ class IngestProcessor:
     ) -> BatchResult:
         """Handle a batch of ``(topic, partition, offset, key, value)``."""
         result = BatchResult()
+        self._now_ms = _ms(now)
+        self._future = 0
         for source_topic, partition, offset, key, value in messages:
             short = self._topics.get(source_topic, source_topic)
+            self._current = (source_topic, partition)
+            self.caught_up.discard(self._current)
             try:
                 outcome = self._one(short, partition, value, result.outputs)
             except UnsupportedFrame:
@@ -116,6 +127,44 @@ class IngestProcessor:
                 outcome = "dead_letter"
                 self._dead_letter(result, source_topic, partition, offset, key, value, exc, now)
             result.counts[(short, outcome)] += 1
+        if self._future:
+            result.counts[("clock", "future_time_ignored")] += self._future
+        self._tick(result, now)
+        return result
+
+    def mark_caught_up(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Input partitions read to their end: they no longer hold the clock back."""
+        self.caught_up.update(partitions)
+
+    def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Input partitions this ingest now reads: each holds the clock back until it has
+        been read from or read to its end."""
+        self.assigned.update(partitions)
+
+    def clock_now(self) -> int:
+        """The input time every input partition has reached, ms (-1: not known yet).
+
+        The minimum over the partitions still being read of the latest time read from each;
+        an assigned partition not read from yet holds it back entirely, and a partition read
+        to its end does not hold it back (once all are, it is the latest time read
+        anywhere). So when ingest reads one partition or topic ahead of another (a backlog,
+        a slow fetch), the clock waits for the slower one.
+        """
+        behind: list[int] = []
+        for tp in self.assigned | self.seen_ms.keys():
+            if tp in self.caught_up:
+                continue
+            at = self.seen_ms.get(tp)
+            if at is None:
+                return -1
+            behind.append(at)
+        if behind:
+            return min(behind)
+        return max(self.seen_ms.values(), default=-1)
+
+    def tick(self, now: datetime) -> BatchResult:
+        """Clock ticks only (after partitions were marked caught up, with no new input)."""
+        result = BatchResult()
         self._tick(result, now)
         return result
 
@@ -125,15 +174,10 @@ class IngestProcessor:
         The tick follows, in each partition, every record this ingest wrote before it, so a
         reader that has seen a tick on all three topics of a partition has seen their input
         up to that minute (with one ingest worker; with several, up to the skew between them).
-
-        Times more than a day ahead of ``now`` (a wrong clock upstream) do not move it.
+        The minute is :meth:`clock_now`'s.
         """
-        seen = self._seen_ms
-        self._seen_ms = -1
+        seen = self.clock_now()
         if seen < 0:
-            return
-        if seen > _ms(now) + _DAY_MS:
-            result.counts[("clock", "future_time_ignored")] += 1
             return
         minute = seen - seen % 60_000
         if minute <= self.clock_ms:
@@ -151,9 +195,14 @@ class IngestProcessor:
                 result.outputs.append(Output(name, CLOCK_KEY, tick, p))
 
     def _saw(self, moment: datetime) -> None:
+        """Input time of the current message; a day or more ahead of ``now`` is ignored."""
         ms = _ms(moment)
-        if ms > self._seen_ms:
-            self._seen_ms = ms
+        if ms > self._now_ms + _DAY_MS:
+            self._future += 1
+            return
+        tp = self._current
+        if ms > self.seen_ms.get(tp, -1):
+            self.seen_ms[tp] = ms
 
     def _dead_letter(
         self,
@@ -235,8 +284,12 @@ class IngestProcessor:
         return len(pending)
 
     def forget(self, partition: int) -> None:
-        """Drop the state of a partition this worker no longer owns."""
+        """Drop the state of a partition this worker no longer owns (of every input topic)."""
         self.pending.pop(partition, None)
+        for tp in [tp for tp in self.seen_ms if tp[1] == partition]:
+            del self.seen_ms[tp]
+        self.caught_up = {tp for tp in self.caught_up if tp[1] != partition}
+        self.assigned = {tp for tp in self.assigned if tp[1] != partition}
 
 
 class IngestStage:
@@ -262,6 +315,12 @@ class IngestStage:
 
     def forget(self, partition: int) -> None:
         self.processor.forget(partition)
+
+    def caught_up(self, partitions: list[tuple[str, int]]) -> None:
+        self.processor.mark_caught_up(partitions)
+
+    def assigned(self, partitions: list[tuple[str, int]]) -> None:
+        self.processor.assign(partitions)
 
     def record_metrics(self, result: BatchResult) -> None:
         for (short, outcome), n in result.counts.items():

@@ -111,6 +111,7 @@ class TransactionalLoop:
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
                 "fetch.wait.max.ms": 50,
+                "enable.partition.eof": True,
                 "queued.max.messages.kbytes": 65536,
             }
         )
@@ -137,6 +138,8 @@ class TransactionalLoop:
     # ---------------------------------------------------------------- partitions
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if hasattr(self.stage, "assigned"):
+            self.stage.assigned([(tp.topic, tp.partition) for tp in partitions])
         source = self.stage.changelog_source
         frames = [tp.partition for tp in partitions if tp.topic == source]
         if frames and self.stage.changelog_topic:
@@ -216,15 +219,22 @@ class TransactionalLoop:
                     self.settings.ingest_batch_max, self.settings.ingest_batch_timeout_s
                 )
                 batch = [m for m in messages if self._usable(m)]
+                ends = [(m.topic(), m.partition()) for m in messages if _is_eof(m)]
+                if batch:
+                    last_input = time.monotonic()
+                    self._transact(batch)
+                if ends and hasattr(self.stage, "caught_up"):
+                    # After the batch: partitions read to their end (e.g. the ingest clock
+                    # stops waiting for them), and whatever that releases, in its own
+                    # transaction.
+                    self.stage.caught_up(ends)
+                    self._transact([])
                 if not batch:
                     # Idle time counts from the later of the last input and the assignment,
                     # so a slow group join is not mistaken for an idle stream.
                     since = max(last_input, self._assigned_at or time.monotonic())
                     if max_idle_s is not None and time.monotonic() - since > max_idle_s:
                         break
-                    continue
-                last_input = time.monotonic()
-                self._transact(batch)
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -255,6 +265,8 @@ class TransactionalLoop:
     def _transact(self, batch: list[Message]) -> None:
         started = time.perf_counter()
         result = self.stage.process(batch, datetime.now(UTC))
+        if not batch and not result.outputs:
+            return
         producer = self.producer
         producer.begin_transaction()
         produce = producer.produce
@@ -271,16 +283,22 @@ class TransactionalLoop:
         offsets: dict[tuple[str, int], int] = {}
         for m in batch:
             offsets[(m.topic(), m.partition())] = m.offset() + 1
-        producer.send_offsets_to_transaction(
-            [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            self.consumer.consumer_group_metadata(),
-            30,
-        )
+        if offsets:
+            producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self.consumer.consumer_group_metadata(),
+                30,
+            )
         producer.commit_transaction(30)
         self.stage.record_metrics(result)
         BATCH_SECONDS.labels(stage=self.stage.name).observe(time.perf_counter() - started)
         if self.on_batch is not None:
             self.on_batch(result)
+
+
+def _is_eof(msg: Message) -> bool:
+    err = msg.error()
+    return err is not None and err.code() == KafkaError._PARTITION_EOF
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tuple[int, int]:

@@ -116,6 +116,9 @@ class Replay:
                 batch = []
         if batch:
             self._ingest_batch(batch)
+        # The end of the input: every partition was read to its end, the clock catches up.
+        self.ingest.mark_caught_up(list(self.ingest.seen_ms))
+        self._ingest_batch([])
         return self
 
     def _reference(self, short: str, value: bytes) -> None:

@@ -33,7 +33,7 @@ from tests.simcheck import check
 from topics.codec import decode
 from topics.records import DeadLetter, ReconciliationResult, SessionBill
 from topics.simulation.config import SimulationConfig
-from topics.simulation.engine import Simulation, Summary
+from topics.simulation.engine import Simulation
 from topics.simulation.faults import SimLabel
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -49,48 +49,25 @@ def topics_ready(private_kafka: str) -> str:
     return private_kafka
 
 
-class Traffic:
-    """The simulator (paced, so the stream lasts a while) and the ingest worker, running.
+def ingest_all(bootstrap: str) -> None:
+    """The simulator's whole run to Kafka, then the ingest worker over all of it."""
+    summary = produce_to_kafka(CONFIG, hash_secret=SECRET.encode(), bootstrap_servers=bootstrap)
+    expected = summary.frames + summary.payments
+    handled = {"n": 0}
+    settings = Settings.from_env(
+        {}, bootstrap_servers=bootstrap, hash_secret=SECRET, instance_id="ingest-1"
+    )
 
-    The ingest stops only once the producer is done and every produced record was handled
-    (an idle timeout alone stopped it early on a slow machine, before the stream's end).
-    """
+    def count(result: BatchResult) -> None:
+        handled["n"] += sum(n for (t, _), n in result.counts.items() if t != "clock")
 
-    def __init__(self, bootstrap: str) -> None:
-        self.summary: Summary | None = None
-        self.handled = 0
-        settings = Settings.from_env(
-            {}, bootstrap_servers=bootstrap, hash_secret=SECRET, instance_id="ingest-1"
-        )
-        self.ingest = IngestLoop(settings, on_batch=self._count)
-        self.producer = threading.Thread(target=self._produce, args=(bootstrap,))
-        self.consumer = threading.Thread(target=self.ingest.run)
-        self.producer.start()
-        self.consumer.start()
-
-    def _produce(self, bootstrap: str) -> None:
-        self.summary = produce_to_kafka(
-            CONFIG, hash_secret=SECRET.encode(), bootstrap_servers=bootstrap, rate=15_000
-        )
-
-    def _count(self, result: BatchResult) -> None:
-        self.handled += sum(n for (t, _), n in result.counts.items() if t != "clock")
-
-    def finish(self, timeout_s: float = 300) -> None:
-        """Wait for the producer, then until the ingest has handled everything it will."""
-        self.producer.join(timeout_s)
-        assert self.summary is not None, "the simulator did not finish"
-        expected = self.summary.frames + self.summary.payments
-        deadline = time.monotonic() + timeout_s
-        last, since = -1, time.monotonic()
-        while self.handled < expected and time.monotonic() < deadline:
-            if self.handled != last:
-                last, since = self.handled, time.monotonic()
-            elif time.monotonic() - since > 15:
-                break  # no progress: the rest is not coming
-            time.sleep(0.2)
-        self.ingest.stop()
-        self.consumer.join(60)
+    # Runs until idle: after the last record, the partitions' ends let the clock catch up.
+    loop = IngestLoop(settings, on_batch=count)
+    thread = threading.Thread(target=loop.run, kwargs={"max_idle_s": 8.0})
+    thread.start()
+    thread.join(300)
+    assert not thread.is_alive()
+    assert handled["n"] == expected, (handled["n"], expected)
 
 
 def billing_process(bootstrap: str, group: str) -> subprocess.Popen[bytes]:
@@ -98,7 +75,7 @@ def billing_process(bootstrap: str, group: str) -> subprocess.Popen[bytes]:
         **os.environ,
         "VOLTGUARD_BILLING_GROUP_ID": group,
         "VOLTGUARD_INSTANCE_ID": "billing-restart",
-        "VOLTGUARD_INGEST_BATCH_MAX": "300",
+        "VOLTGUARD_INGEST_BATCH_MAX": "50",  # many small transactions: the kill lands mid-stream
     }
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--stage", "billing",
@@ -117,7 +94,7 @@ def final(results: list[ReconciliationResult]) -> dict[str, ReconciliationResult
 
 def test_killed_billing_worker_equals_uninterrupted_run_and_replay(topics_ready: str) -> None:
     bootstrap = topics_ready
-    traffic = Traffic(bootstrap)
+    ingest_all(bootstrap)
     worker = billing_process(bootstrap, "billing-killed")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -128,7 +105,6 @@ def test_killed_billing_worker_equals_uninterrupted_run_and_replay(topics_ready:
     worker.send_signal(signal.SIGKILL)  # mid-stream: its open transaction must vanish
     first_log = worker.communicate(timeout=10)[0].decode()
     at_kill = len(read_all(bootstrap, "reconciliation", settle_s=0.5))
-    traffic.finish()
     worker = billing_process(bootstrap, "billing-killed")  # restores its tables, finishes
     out, _ = worker.communicate(timeout=600)
     assert worker.returncode == 0, out.decode()[-3000:]

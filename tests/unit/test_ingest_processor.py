@@ -187,3 +187,17 @@ def test_input_a_day_ahead_of_now_does_not_move_the_clock(processor: IngestProce
     result = processor.process([frame_msg(START, 0)], now=NOW - timedelta(days=400))
     assert [o for o in result.outputs if o.key == CLOCK_KEY] == []
     assert result.counts[("clock", "future_time_ignored")] == 1
+
+
+def test_clock_waits_for_partitions_behind_and_for_assigned_ones_not_read_yet() -> None:
+    p = IngestProcessor(hash_secret=b"k")
+    p.assign([("frames", 0), ("frames", 1), ("payments", 0)])
+    p.seen_ms = {("frames", 0): 9_000_000}
+    assert p.clock_now() == -1  # frames[1] and payments[0] not read yet
+    p.seen_ms[("frames", 1)] = 3_000_000
+    p.mark_caught_up([("payments", 0)])  # an empty or finished partition does not hold back
+    assert p.clock_now() == 3_000_000
+    p.mark_caught_up([("frames", 1)])
+    assert p.clock_now() == 9_000_000
+    p.mark_caught_up([("frames", 0)])
+    assert p.clock_now() == 9_000_000  # all read to the end: the latest time read anywhere
