@@ -415,7 +415,7 @@ class BillingEngine:
         case.result_digest = digest
         case.result_outcome = verdict.outcome
         case.revision += 1
-        result = _result(case, s, verdict, digest)
+        result = _result(case, s, verdict, digest, self.watermark_ms)
         out = [Emit("reconciliation", case.key, result)]
         if verdict.outcome != "matched" or (previous is not None and previous != "matched"):
             out.append(Emit("reconciliation_mismatches", case.key, result))
@@ -493,7 +493,9 @@ def _content(v: Verdict) -> tuple[object, ...]:
     )
 
 
-def _result(case: Case, s: SessionState | None, v: Verdict, digest: str) -> ReconciliationResult:
+def _result(
+    case: Case, s: SessionState | None, v: Verdict, digest: str, decided_ms: int
+) -> ReconciliationResult:
     times = [p.at_ms for p in case.payments]
     if s is not None and s.ended_ms is not None:
         times.append(s.ended_ms)
@@ -516,4 +518,5 @@ def _result(case: Case, s: SessionState | None, v: Verdict, digest: str) -> Reco
         revision=case.revision,
         evidence_event_ids=v.evidence_event_ids,
         detail=v.detail,
+        decided_at=_EPOCH + timedelta(milliseconds=decided_ms) if decided_ms > _NEVER else None,
     )

@@ -93,9 +93,10 @@ def detections(
         if kind == "overcharge" and r.expected_minor == 0:
             kind = "capture_zero_energy"
         subject = r.session_id or (r.payment_ids[0] if r.payment_ids else r.result_id)
+        decided = (r.decided_at or r.event_time).timestamp()
         out.append(
             Detection(kind, (r.session_id,) if r.session_id else (), subject,
-                      tuple(r.evidence_event_ids), r.event_time.timestamp())
+                      tuple(r.evidence_event_ids), decided)
         )  # fmt: skip
     return out
 

@@ -1,8 +1,9 @@
 """The Faust application object (``app``), with orjson as its JSON codec.
 
-Faust runs the stateful, co-partitioned stages (session state, reconciliation, per-token and
-per-station detection); the stateless high-volume edges run as confluent-kafka batch loops
-(:mod:`streams.ingest`). Faust's ``json`` codec is replaced by :class:`OrjsonCodec` so the
+Reserved for the low-volume keyed stages (per-token, per-terminal detection: few, fat
+events). The high-volume stages run as confluent-kafka transactional loops instead
+(:mod:`streams.ingest`, :mod:`streams.billing`), because Faust's own machinery costs about
+100 us per event (DESIGN.md "Where the time goes"). Faust's ``json`` codec is replaced by :class:`OrjsonCodec` so the
 agents and table changelogs decode about four times faster (DESIGN.md "Known traps").
 """
 

@@ -325,6 +325,9 @@ class ReconciliationResult(Event, kw_only=True, frozen=True):
     revision: NonNegInt = 0
     evidence_event_ids: list[str] = []
     detail: str = ""
+    decided_at: UtcDatetime | None = None
+    """The event-time watermark when this version was published (``event_time`` is the
+    latest evidence): how long the verdict waited. Not part of the content hash."""
 
 
 class FraudAlert(Event, kw_only=True, frozen=True):
