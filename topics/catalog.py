@@ -205,7 +205,7 @@ CATALOG: dict[str, TopicSpec] = dict(
             "model_updates",
             name="voltguard.model.updates.v1",
             key="model_name",
-            record=None,
+            record=records.ModelUpdate,
             partitions=1,
             compacted=True,
             retention_ms=None,
@@ -250,6 +250,27 @@ CATALOG: dict[str, TopicSpec] = dict(
             compacted=True,
             retention_ms=None,
             purpose="changelog of billing cases (session state, payments, last results) and the watermark",
+        ),
+        _spec(
+            "detection_keyed",
+            name="voltguard.detection.keyed.v1",
+            key="entity (token:<hash>, station:<id>, terminal:<id>, session:<id>)",
+            record=None,
+            partitions=SESSION_PARTITIONS,
+            retention_ms=7 * DAY_MS,
+            purpose="detection repartition (group_by): session features and payments re-keyed "
+            "by the token, station or terminal whose rules keep state",
+        ),
+        _spec(
+            "detection_state",
+            name="voltguard.detection.state.v1",
+            key="entity",
+            record=None,
+            partitions=SESSION_PARTITIONS,
+            compacted=True,
+            retention_ms=None,
+            purpose="changelog of detection state per entity (token histories, station "
+            "baselines, terminal windows, alerted ids; co-partitioned with detection_keyed)",
         ),
     ]
 )

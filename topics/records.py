@@ -38,6 +38,7 @@ __all__ = [
     "Event",
     "FraudAlert",
     "MeterReading",
+    "ModelUpdate",
     "OcppFrame",
     "PaymentEvent",
     "PriceComponent",
@@ -378,6 +379,24 @@ class AlertLabel(Event, kw_only=True, frozen=True):
     label: Literal["fraud", "legitimate", "unsure"]
     analyst: Id
     comment: str = ""
+
+
+class ModelUpdate(Event, kw_only=True, frozen=True):
+    """A model registry announcement: ``version`` of ``model_name`` is now in service.
+
+    ``artifact`` is the file of that version, relative to the registry's root, and ``sha256``
+    its digest (a worker refuses a file that does not match). ``metrics`` are the held-out
+    figures that made it better than ``replaces`` (the version it took over from).
+    """
+
+    model_name: Id
+    version: Id
+    artifact: str
+    sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    feature_names: list[str]
+    model_input_version: NonNegInt
+    metrics: dict[str, float] = {}
+    replaces: str | None = None
 
 
 class ClockTick(Event, kw_only=True, frozen=True):
