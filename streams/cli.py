@@ -133,12 +133,13 @@ def topics_list(bootstrap_servers: str | None) -> None:
 @click.option(
     "--stage",
     envvar="VOLTGUARD_STAGE",
-    type=click.Choice(["ingest", "billing"]),
+    type=click.Choice(["ingest", "billing", "detection"]),
     default="ingest",
     show_default=True,
     show_envvar=True,
-    help="ingest: outside input -> canonical topics; billing: canonical topics -> bills and "
-    "reconciliation results. Run at least one of each.",
+    help="ingest: outside input -> canonical topics; billing: canonical topics -> bills, "
+    "reconciliation results and session features; detection: session features and payments "
+    "-> fraud alerts. Run at least one of each.",
 )
 @click.option(
     "--instance-id",
@@ -186,6 +187,10 @@ def worker(
             from streams.ingest import IngestLoop
 
             loop = IngestLoop(settings)
+        elif stage == "detection":
+            from streams.detection import DetectionLoop
+
+            loop = DetectionLoop(settings)
         else:
             from streams.billing import BillingLoop
             from streams.reference import ReferenceFollower, read_reference

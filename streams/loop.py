@@ -203,7 +203,7 @@ class TransactionalLoop:
 
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until :meth:`stop` (or ``max_idle_s`` without input, for tools and tests)."""
-        self._ensure_changelog()
+        self._ensure_internal_topics()
         self.producer.init_transactions(30)
         self.consumer.subscribe(
             list(self.stage.input_topics),
@@ -239,16 +239,22 @@ class TransactionalLoop:
             self.consumer.close()
             self.producer.flush(10)
 
-    def _ensure_changelog(self) -> None:
-        """Create the stage's changelog topic when its group has one of its own."""
-        spec = getattr(self.stage, "changelog", None)
-        if spec is None or spec.name in {s.name for s in CATALOG.values()}:
+    def _ensure_internal_topics(self) -> None:
+        """Create the stage's internal topics (changelog, repartition) when its group has
+        its own (the default group's are in the catalog)."""
+        specs = getattr(self.stage, "internal_topics", None)
+        if specs is None:
+            changelog = getattr(self.stage, "changelog", None)
+            specs = () if changelog is None else (changelog,)
+        catalog = {s.name for s in CATALOG.values()}
+        own = {spec.name: spec for spec in specs if spec.name not in catalog}
+        if not own:
             return
         from confluent_kafka.admin import AdminClient
 
         from streams.admin import create_topics
 
-        create_topics(AdminClient(self._restore_base), specs={spec.name: spec})
+        create_topics(AdminClient(self._restore_base), specs=own)
 
     @staticmethod
     def _usable(msg: Message) -> bool:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "ALERTS",
     "BATCH_SECONDS",
     "BILLING_EVENTS",
     "BILLS",
     "DEAD_LETTERS",
+    "DETECTION_EVENTS",
+    "DETECTION_SECONDS",
     "INGEST_EVENTS",
     "OPEN_SESSIONS",
     "RECONCILIATION_RESULTS",
@@ -45,6 +48,23 @@ WATERMARK = Gauge(
     "voltguard_billing_watermark_seconds",
     "Event-time watermark of a billing partition (Unix seconds).",
     ["partition"],
+)
+DETECTION_EVENTS = Counter(
+    "voltguard_detection_events_total",
+    "Input messages handled by detection, by input topic and outcome (accepted, ignored, "
+    "dead_letter); detection_keyed is its own repartition topic.",
+    ["topic", "outcome"],
+)
+ALERTS = Counter(
+    "voltguard_fraud_alerts_total",
+    "Fraud alerts published (each alert id once), by kind and severity.",
+    ["kind", "severity"],
+)
+DETECTION_SECONDS = Histogram(
+    "voltguard_detection_seconds_per_event",
+    "Processing time per input message of a detection batch (rules and scoring, before the "
+    "Kafka transaction), seconds.",
+    buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3),
 )
 BATCH_SECONDS = Histogram(
     "voltguard_stage_batch_seconds",

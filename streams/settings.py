@@ -96,6 +96,7 @@ class KafkaSettings:
 
 DEFAULT_INGEST_GROUP = "voltguard-ingest"
 DEFAULT_BILLING_GROUP = "voltguard-billing"
+DEFAULT_DETECTION_GROUP = "voltguard-detection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,9 @@ class Settings:
     """Consumer group session timeout. Env: VOLTGUARD_SESSION_TIMEOUT_MS."""
     billing_group_id: str = DEFAULT_BILLING_GROUP
     """Consumer group of the billing loops. Env: VOLTGUARD_BILLING_GROUP_ID."""
+    detection_group_id: str = DEFAULT_DETECTION_GROUP
+    """Consumer group of the detection loops; a non-default group gets its own repartition
+    and changelog topics. Env: VOLTGUARD_DETECTION_GROUP_ID."""
     bill_grace_s: int = 120
     """Seconds of event time after a session's end before its bill is published (late meter
     values). Env: VOLTGUARD_BILL_GRACE_S."""

@@ -1,0 +1,457 @@
+"""Fraud detection in the stream: session features and payments -> explained fraud alerts.
+
+Rules about a token, a station or a payment terminal keep state under that key, so their
+input is re-keyed first (Faust's ``group_by``, Kafka Streams' repartition): one
+:class:`~streams.loop.TransactionalLoop` reads three topics and writes its own repartition
+topic in the same transaction as everything else.
+
+* ``session_features`` (keyed by session): a session with a token goes to ``token:<hash>``,
+  one without to ``station:<station_id>``;
+* ``payment_events`` (keyed by session): an authorisation attempt made at a terminal goes
+  to ``terminal:<terminal_id>``;
+* ``detection_keyed`` (the repartition topic, keyed by entity):
+
+  - ``token:`` runs the token rules (:class:`~models.rules.TokenHistory`: clone overlap,
+    impossible travel, offline unknown token), adds the ``token_*`` features and sends the
+    session on to ``station:<station_id>``;
+  - ``station:`` runs the session rules (:func:`~models.rules.session_alerts`) and the
+    anomaly scorers, remembering which alerts it raised;
+  - ``terminal:`` runs card testing (:class:`~models.rules.TerminalWindow`).
+
+Every entity's state is a row of the ``detection_state`` changelog (compacted, partition =
+the entity's partition of the repartition topic), written once per batch when it changed,
+in the batch's transaction. So a worker killed mid-batch redoes the batch from the last
+committed state and offsets: no alert is lost, none is published twice (an alert id is a
+hash of what it is about, and each entity remembers the ids it raised, so features that
+are republished when payments follow the bill raise nothing again).
+
+:class:`DetectionProcessor` is the pure handling of a batch; ``voltguard replay`` runs it
+too, feeding the repartition outputs back in, so replay and worker share the code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+import msgspec
+from confluent_kafka import Message
+
+from models.rules import RuleConfig, TerminalWindow, TokenHistory, session_alerts
+from streams.dead_letters import dead_letter_output
+from streams.loop import Output, TransactionalLoop
+from streams.metrics import ALERTS, DEAD_LETTERS, DETECTION_EVENTS, DETECTION_SECONDS
+from streams.settings import DEFAULT_DETECTION_GROUP, Settings
+from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
+from topics.codec import decode, encode
+from topics.exceptions import RecordDecodeError
+from topics.records import FraudAlert, PaymentEvent, SessionFeatures
+
+__all__ = [
+    "DetectionBatch",
+    "DetectionLoop",
+    "DetectionProcessor",
+    "DetectionStage",
+    "InMemoryDetection",
+    "KeyedFeatures",
+    "KeyedPayment",
+    "StationMemory",
+]
+
+log = logging.getLogger(__name__)
+
+INPUT_TOPICS: Final = ("session_features", "payment_events", "detection_keyed")
+CARD_TESTING_KINDS: Final = frozenset({"authorized", "failed"})
+ALERT_MEMORY_MS: Final = 14 * 86_400_000
+"""How long (event time) a station remembers the alerts it raised and the sessions it
+scored: longer than billing keeps a session's samples (features are republished only while
+it does)."""
+
+
+class KeyedFeatures(msgspec.Struct, tag="features", frozen=True):
+    """A session's features on its way to the token and then the station entity."""
+
+    features: SessionFeatures
+    token_features: dict[str, float] = {}
+
+
+class KeyedPayment(msgspec.Struct, tag="payment", frozen=True):
+    """An authorisation attempt on its way to the terminal entity."""
+
+    payment: PaymentEvent
+
+
+Keyed = KeyedFeatures | KeyedPayment
+_keyed_decoder = msgspec.json.Decoder(Keyed)  # type: ignore[arg-type]
+_keyed_encode = msgspec.json.Encoder().encode
+
+
+class StationMemory(msgspec.Struct, kw_only=True):
+    """What a station entity remembers: alert ids it raised and sessions it scored
+    (``id -> event time ms``), pruned after :data:`ALERT_MEMORY_MS`."""
+
+    alerted: dict[str, int] = {}
+    scored: dict[str, int] = {}
+    latest_ms: int = 0
+
+    def prune(self) -> None:
+        horizon = self.latest_ms - ALERT_MEMORY_MS
+        if any(t < horizon for t in self.alerted.values()):
+            self.alerted = {k: t for k, t in self.alerted.items() if t >= horizon}
+        if any(t < horizon for t in self.scored.values()):
+            self.scored = {k: t for k, t in self.scored.items() if t >= horizon}
+
+
+_STATE_TYPES: Final = {"token": TokenHistory, "terminal": TerminalWindow, "station": StationMemory}
+_state_encode = msgspec.msgpack.Encoder().encode
+_state_decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in _STATE_TYPES.items()}
+
+
+@dataclass(slots=True)
+class DetectionBatch:
+    """What one batch produced: outputs for Kafka, the alerts, counts for metrics."""
+
+    outputs: list[Output] = field(default_factory=list)
+    alerts: list[FraudAlert] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class DetectionProcessor:
+    """Pure batch handling of the detection stage, with the entities' state per partition.
+
+    Parameters
+    ----------
+    config
+        Rule thresholds.
+    partitions
+        Partition count of the repartition topic (the catalog's): the replay computes the
+        partition of a re-keyed record with it, as the producer's partitioner does.
+    partition_for
+        ``(key, partitions) -> partition`` (librdkafka's CRC32 partitioner).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: RuleConfig | None = None,
+        partition_for: Callable[[bytes, int], int],
+        stage: str = "detection",
+    ) -> None:
+        self.config = config or RuleConfig()
+        self.partition_for = partition_for
+        self.stage = stage
+        self.partitions = CATALOG["detection_keyed"].partitions
+        self.state: dict[int, dict[bytes, object]] = {}
+        self._topics = {topic(short): short for short in INPUT_TOPICS}
+        self.keyed_topic = topic("detection_keyed")
+        self.changelog_topic = topic("detection_state")
+        self._alerts_topic = topic("fraud_alerts")
+
+    def use_keyed_topic(self, name: str) -> None:
+        """Re-key into (and read back from) ``name``: a consumer group's own copy."""
+        self._topics.pop(self.keyed_topic, None)
+        self.keyed_topic = name
+        self._topics[name] = "detection_keyed"
+
+    # ---------------------------------------------------------------- batch
+
+    def process(
+        self,
+        messages: Iterable[tuple[str, int, int, bytes | None, bytes | None]],
+        *,
+        now: datetime,
+    ) -> DetectionBatch:
+        """Handle a batch of ``(topic, partition, offset, key, value)``."""
+        batch = DetectionBatch()
+        changed: dict[tuple[int, bytes], object] = {}
+        for source_topic, partition, offset, key, value in messages:
+            short = self._topics.get(source_topic, source_topic)
+            try:
+                outcome = self._one(batch, changed, short, partition, key, value)
+            except RecordDecodeError as exc:
+                outcome = "dead_letter"
+                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+            except Exception as exc:  # bad input must never crash the worker
+                log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
+                outcome = "dead_letter"
+                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+            batch.counts[(short, outcome)] += 1
+        for (partition, key), state in changed.items():
+            batch.outputs.append(Output(self.changelog_topic, key, _state_encode(state), partition))
+        return batch
+
+    def _one(
+        self,
+        batch: DetectionBatch,
+        changed: dict[tuple[int, bytes], object],
+        short: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> str:
+        if key == CLOCK_KEY:
+            return "ignored"
+        if value is None:
+            raise RecordDecodeError("message has no value (null)")
+        if short == "session_features":
+            f = decode(value, SessionFeatures)
+            target = f"token:{f.token_hash}" if f.token_hash else f"station:{f.station_id}"
+            self._rekey(batch, target, KeyedFeatures(f))
+            return "accepted"
+        if short == "payment_events":
+            p = decode(value, PaymentEvent)
+            if not p.terminal_id or p.kind not in CARD_TESTING_KINDS:
+                return "ignored"
+            self._rekey(batch, f"terminal:{p.terminal_id}", KeyedPayment(p))
+            return "accepted"
+        if short != "detection_keyed":
+            raise RecordDecodeError(f"detection does not read topic {short!r}")
+        kind, _, entity = (key or b"").decode("utf-8", "replace").partition(":")
+        if kind not in _STATE_TYPES or not entity:
+            raise RecordDecodeError(f"unknown detection key {key!r}")
+        try:
+            keyed = _keyed_decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            raise RecordDecodeError(f"invalid keyed record: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise RecordDecodeError(f"not JSON: {exc}") from exc
+        state_key = key or b""
+        state = self._state(partition, kind, entity, state_key)
+        if kind == "token" and isinstance(keyed, KeyedFeatures) and isinstance(state, TokenHistory):
+            alerts, token_features = state.observe(keyed.features, self.config)
+            self._publish(batch, alerts)
+            f = keyed.features
+            self._rekey(batch, f"station:{f.station_id}", KeyedFeatures(f, token_features))
+        elif kind == "station" and isinstance(keyed, KeyedFeatures):
+            assert isinstance(state, StationMemory)
+            self._station(batch, state, keyed)
+        elif kind == "terminal" and isinstance(keyed, KeyedPayment):
+            assert isinstance(state, TerminalWindow)
+            self._publish(batch, state.observe(keyed.payment, self.config))
+        else:
+            raise RecordDecodeError(f"a {type(keyed).__name__} cannot go to a {kind} entity")
+        changed[(partition, state_key)] = state
+        return "accepted"
+
+    def _station(self, batch: DetectionBatch, memory: StationMemory, keyed: KeyedFeatures) -> None:
+        f = keyed.features
+        at = _ms(f.event_time)
+        memory.latest_ms = max(memory.latest_ms, at)
+        fresh = []
+        for alert in session_alerts(f, self.config):
+            if alert.alert_id not in memory.alerted:
+                memory.alerted[alert.alert_id] = at
+                fresh.append(alert)
+        memory.scored.setdefault(f.session_id, at)
+        memory.prune()
+        self._publish(batch, fresh)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _state(self, partition: int, kind: str, entity: str, key: bytes) -> object:
+        entities = self.state.setdefault(partition, {})
+        state = entities.get(key)
+        if state is None:
+            if kind == "token":
+                state = TokenHistory(token_hash=entity)
+            elif kind == "terminal":
+                state = TerminalWindow(terminal_id=entity)
+            else:
+                state = StationMemory()
+            entities[key] = state
+        return state
+
+    def _rekey(self, batch: DetectionBatch, key: str, record: Keyed) -> None:
+        raw = key.encode()
+        batch.outputs.append(
+            Output(
+                self.keyed_topic,
+                raw,
+                _keyed_encode(record),
+                self.partition_for(raw, self.partitions),
+            )
+        )
+
+    def _publish(self, batch: DetectionBatch, alerts: list[FraudAlert]) -> None:
+        for alert in alerts:
+            batch.alerts.append(alert)
+            batch.outputs.append(Output(self._alerts_topic, alert.alert_id.encode(), encode(alert)))
+
+    def _reject(
+        self,
+        batch: DetectionBatch,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        exc: Exception,
+        now: datetime,
+    ) -> None:
+        batch.outputs.append(
+            dead_letter_output(
+                stage=self.stage,
+                source_topic=source_topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                error=exc,
+                now=now,
+            )
+        )
+        batch.dead_letter_reasons[type(exc).__name__] += 1
+
+    # ---------------------------------------------------------------- state
+
+    def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
+        """Rebuild one partition's entities from their changelog (latest row per key)."""
+        entities: dict[bytes, object] = {}
+        for key, value in records:
+            if value is None:
+                entities.pop(key, None)
+                continue
+            kind = key.split(b":", 1)[0].decode("utf-8", "replace")
+            decoder = _state_decoders.get(kind)
+            if decoder is None:
+                log.warning("detection changelog: unknown key %r skipped", key)
+                continue
+            entities[key] = decoder.decode(value)
+        self.state[partition] = entities
+        return len(entities)
+
+    def forget(self, partition: int) -> None:
+        """Drop a partition this worker no longer owns."""
+        self.state.pop(partition, None)
+
+
+class InMemoryDetection:
+    """Runs a :class:`DetectionProcessor` without a broker (``voltguard replay``, tests).
+
+    Inputs are handed in as the worker would read them; what the processor re-keys is read
+    back at once, partition by partition in order, until nothing is left, so each entity
+    sees its records in the order a worker would. ``alerts`` keeps every alert by id.
+    """
+
+    def __init__(self, processor: DetectionProcessor) -> None:
+        self.processor = processor
+        self.alerts: dict[str, FraudAlert] = {}
+        self.dead_letters: list[Output] = []
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._offsets: Counter[tuple[str, int]] = Counter()
+        self._features = topic("session_features")
+        self._payments = topic("payment_events")
+
+    def _offset(self, name: str, partition: int) -> int:
+        offset = self._offsets[(name, partition)]
+        self._offsets[(name, partition)] += 1
+        return offset
+
+    def feed(
+        self,
+        *,
+        features: Iterable[SessionFeatures] = (),
+        payments: Iterable[PaymentEvent] = (),
+        now: datetime,
+    ) -> list[FraudAlert]:
+        """Process features and payment events (each keyed by session); the new alerts."""
+        p = self.processor
+        batch = [
+            (self._features, 0, self._offset(self._features, 0), f.session_id.encode(), encode(f))
+            for f in features
+        ] + [
+            (self._payments, 0, self._offset(self._payments, 0), (x.session_id or "").encode(),
+             encode(x))
+            for x in payments
+        ]  # fmt: skip
+        new: list[FraudAlert] = []
+        while batch:
+            result = p.process(batch, now=now)
+            self.counts.update(result.counts)
+            batch = []
+            for o in result.outputs:
+                if o.topic == p.keyed_topic:
+                    part = o.partition or 0
+                    batch.append((o.topic, part, self._offset(o.topic, part), o.key, o.value))
+                elif o.topic == topic("dead_letters"):
+                    self.dead_letters.append(o)
+            for alert in result.alerts:
+                if alert.alert_id not in self.alerts:
+                    self.alerts[alert.alert_id] = alert
+                    new.append(alert)
+            batch.sort(key=lambda m: m[1])  # stable: per partition in produced order
+        return new
+
+
+class DetectionStage:
+    """Adapts :class:`DetectionProcessor` to :class:`~streams.loop.TransactionalLoop`.
+
+    The repartition topic and the changelog belong to the consumer group (as a Kafka
+    Streams application's internal topics do): a non-default group gets its own pair.
+    """
+
+    name = "detection"
+
+    def __init__(
+        self, processor: DetectionProcessor, *, changelog: TopicSpec, keyed: TopicSpec
+    ) -> None:
+        self.processor = processor
+        self.changelog = changelog
+        self.internal_topics = (keyed, changelog)
+        self.changelog_topic = changelog.name
+        self.changelog_source = keyed.name
+        self.input_topics = (topic("session_features"), topic("payment_events"), keyed.name)
+        processor.changelog_topic = changelog.name
+        processor.use_keyed_topic(keyed.name)
+
+    def process(self, batch: list[Message], now: datetime) -> DetectionBatch:
+        started = time.perf_counter()
+        result = self.processor.process(
+            ((m.topic(), m.partition(), m.offset(), m.key(), m.value()) for m in batch), now=now
+        )
+        if batch:
+            DETECTION_SECONDS.observe((time.perf_counter() - started) / len(batch))
+        return result
+
+    def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
+        return self.processor.restore(partition, records)
+
+    def forget(self, partition: int) -> None:
+        self.processor.forget(partition)
+
+    def record_metrics(self, result: DetectionBatch) -> None:
+        for (short, outcome), n in result.counts.items():
+            DETECTION_EVENTS.labels(topic=short, outcome=outcome).inc(n)
+        for reason, n in result.dead_letter_reasons.items():
+            DEAD_LETTERS.labels(stage="detection", error=reason).inc(n)
+        for alert in result.alerts:
+            ALERTS.labels(kind=alert.kind, severity=alert.severity).inc()
+
+
+def DetectionLoop(
+    settings: Settings,
+    *,
+    config: RuleConfig | None = None,
+    on_batch: Callable[[DetectionBatch], None] | None = None,
+) -> TransactionalLoop:
+    """The detection worker: :class:`DetectionStage` in a :class:`TransactionalLoop`."""
+    from streams.replay import partition_for
+
+    processor = DetectionProcessor(config=config, partition_for=partition_for)
+    group = settings.detection_group_id
+    stage = DetectionStage(
+        processor,
+        changelog=changelog_spec("detection_state", group, DEFAULT_DETECTION_GROUP),
+        keyed=changelog_spec("detection_keyed", group, DEFAULT_DETECTION_GROUP),
+    )
+    return TransactionalLoop(settings, stage, group_id=group, on_batch=on_batch)
