@@ -106,6 +106,18 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
     revision: int = -1
     featured: tuple[int, int] = (0, 0)
     """``(seq_repeats, payment events)`` when the session's features were last published."""
+
+    def featured_payments(self, sample_retention_s: int) -> list[PaymentRecord]:
+        """The payments a session's features include: those whose event time is within the
+        sample retention after the session's end. Decided on event time, not on whether the
+        samples are still held when the payment is read (that depends on how far the
+        watermark got, which differs between a backlog and a live stream), so every run
+        publishes the same features."""
+        s = self.session
+        if s is None or s.ended_ms is None:
+            return self.payments
+        horizon = s.ended_ms + sample_retention_s * 1000
+        return [p for p in self.payments if p.at_ms <= horizon]
     last_event_ms: int = _NEVER
     next_due_ms: int | None = None
 
@@ -336,7 +348,11 @@ class BillingEngine:
             and case.billed_version != s.version
         ):
             out += self._bill(case, s)
-        featured = (s.seq_repeats, len(case.payments)) if s is not None else (0, 0)
+        featured = (
+            (s.seq_repeats, len(case.featured_payments(cfg.sample_retention_s)))
+            if s is not None
+            else (0, 0)
+        )
         if (
             s is not None
             and case.bill is not None

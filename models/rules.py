@@ -19,7 +19,7 @@ the event ids, and a one-line explanation.
 
 Examples
 --------
->>> from datetime import UTC, datetime
+>>> from datetime import UTC, datetime, timedelta
 >>> from topics.records import SessionFeatures
 >>> f = SessionFeatures(event_id="f1", event_time=datetime(2024, 5, 6, tzinfo=UTC), source="x",
 ...     session_id="s1", station_id="CP1", features={"register_rollbacks": 1.0,
@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import msgspec
@@ -370,11 +370,14 @@ class TokenHistory(msgspec.Struct, kw_only=True):
             evidence = {"sessions": [first.session_id, second.session_id], "km": round(km, 1),
                         "hours": round(hours, 3), "kmh": round(speed, 1),
                         "threshold_kmh": cfg.travel_kmh if cfg else None}  # fmt: skip
+        # About the pair, whichever came second: the later of the two to end.
+        later = max((new, other), key=lambda s: (s.end_ms, s.session_id))
         return _alert(
             kind, "critical", 1.0,
             subject_type="token", subject_id=self.token_hash,
-            about=(first.session_id, second.session_id), at=f.event_time,
-            session_id=new.session_id, station_id=new.station_id,
+            about=(first.session_id, second.session_id),
+            at=_EPOCH + timedelta(milliseconds=later.end_ms),
+            session_id=later.session_id, station_id=later.station_id,
             explanation=text, evidence=evidence,
             event_ids=[*first.event_ids, *second.event_ids],
         )  # fmt: skip
@@ -413,45 +416,106 @@ class _Attempt(msgspec.Struct, array_like=True, frozen=True):
 
 
 class TerminalWindow(msgspec.Struct, kw_only=True):
-    """A payment terminal's recent small authorisation attempts (a table row by terminal)."""
+    """A payment terminal's recent small authorisation attempts (a table row by terminal).
+
+    Attempts reach a terminal from many input partitions, so not in time order. The rule is
+    therefore decided on a watermark (:meth:`advance`, event time below which every attempt
+    has arrived) over the attempts sorted by time, and its verdict does not depend on the
+    order they came in: from the earliest attempt not yet covered, a burst is the first
+    prefix of attempts within the window that has enough attempts with enough of them
+    failed; the alert is about its first attempt. Attempts up to one window after a
+    burst's last attempt belong to the same burst (it goes on).
+    """
 
     terminal_id: str
     attempts: list[_Attempt] = []
+    """Small attempts not yet decided on, sorted by time (and id)."""
     alerted_until_ms: int = -1
+    scanned_ms: int = -1
+    """Attempts at or before this time have been decided on."""
+    station_id: str | None = None
 
     def observe(self, p: PaymentEvent, cfg: RuleConfig) -> list[FraudAlert]:
-        """Add one payment event of this terminal; a card-testing alert when a burst shows."""
+        """Add one payment event of this terminal (alerts come from :meth:`advance`)."""
         if p.kind not in ("authorized", "failed"):
             return []
         if p.amount_minor > cfg.card_testing_max_amount_minor:
             return []
-        at = _ms(p.event_time)
-        window = cfg.card_testing_window_s * 1000
         if any(a.event_id == p.event_id for a in self.attempts):
             return []
-        self.attempts = [a for a in self.attempts if a.at_ms > at - window]
-        self.attempts.append(_Attempt(p.event_id, at, p.amount_minor, p.kind == "failed"))
-        if at <= self.alerted_until_ms:
-            self.alerted_until_ms = at + window  # the same burst goes on
-            return []
-        n = len(self.attempts)
-        failed = sum(a.failed for a in self.attempts)
-        if n < cfg.card_testing_min_attempts or failed / n < cfg.card_testing_min_failed_share:
-            return []
-        self.alerted_until_ms = at + window
-        first = self.attempts[0]
-        return [
-            _alert(
-                "card_testing", "critical", failed / n,
-                subject_type="terminal", subject_id=self.terminal_id, about=(first.event_id,),
-                at=p.event_time, station_id=p.station_id,
-                explanation=(
-                    f"{n} small authorisations in {(at - first.at_ms) / 60_000:.0f} min at "
-                    f"terminal {self.terminal_id}, {failed} failed"
-                ),
-                evidence={"attempts": n, "failed": failed, "window_s": cfg.card_testing_window_s,
-                          "min_attempts": cfg.card_testing_min_attempts,
-                          "max_amount_minor": cfg.card_testing_max_amount_minor},
-                event_ids=[a.event_id for a in self.attempts],
-            )
-        ]  # fmt: skip
+        at = _ms(p.event_time)
+        if at <= self.scanned_ms:
+            return []  # later than the watermark allowed: decided without it
+        self.attempts = sorted(
+            [*self.attempts, _Attempt(p.event_id, at, p.amount_minor, p.kind == "failed")],
+            key=lambda a: (a.at_ms, a.event_id),
+        )
+        self.station_id = self.station_id or p.station_id
+        return []
+
+    def advance(self, watermark_ms: int, cfg: RuleConfig) -> list[FraudAlert]:
+        """Every attempt before ``watermark_ms`` has arrived: decide what that allows."""
+        window = cfg.card_testing_window_s * 1000
+        out: list[FraudAlert] = []
+        attempts = self.attempts
+        i = 0
+        while i < len(attempts) and attempts[i].at_ms < watermark_ms:
+            first = attempts[i]
+            if first.at_ms <= self.alerted_until_ms:
+                self.alerted_until_ms = first.at_ms + window  # the same burst goes on
+                self.scanned_ms = first.at_ms
+                i += 1
+                continue
+            verdict = self._burst(attempts, i, watermark_ms, window, cfg)
+            if verdict is None:
+                break  # undecided until the watermark reaches the end of its window
+            if verdict:
+                burst = attempts[i:verdict]
+                out.append(self._alert(burst, cfg))
+                self.alerted_until_ms = burst[-1].at_ms + window
+                self.scanned_ms = burst[-1].at_ms
+                i = verdict
+            else:
+                self.scanned_ms = first.at_ms
+                i += 1
+        self.attempts = attempts[i:]
+        return out
+
+    def _burst(
+        self, attempts: list[_Attempt], i: int, watermark_ms: int, window: int, cfg: RuleConfig
+    ) -> int | None:
+        """From attempt ``i``: the end index of the first qualifying prefix, 0 when there is
+        none within the window, None when the watermark does not tell yet."""
+        start = attempts[i].at_ms
+        failed = 0
+        for n, j in enumerate(range(i, len(attempts)), 1):
+            a = attempts[j]
+            if a.at_ms > start + window:
+                return 0
+            if a.at_ms >= watermark_ms:
+                return None
+            failed += a.failed
+            if (
+                n >= cfg.card_testing_min_attempts
+                and failed / n >= cfg.card_testing_min_failed_share
+            ):
+                return j + 1
+        return 0 if watermark_ms > start + window else None
+
+    def _alert(self, burst: list[_Attempt], cfg: RuleConfig) -> FraudAlert:
+        first, last = burst[0], burst[-1]
+        n, failed = len(burst), sum(a.failed for a in burst)
+        return _alert(
+            "card_testing", "critical", failed / n,
+            subject_type="terminal", subject_id=self.terminal_id, about=(first.event_id,),
+            at=_EPOCH + timedelta(milliseconds=last.at_ms), station_id=self.station_id,
+            explanation=(
+                f"{n} small authorisations in {(last.at_ms - first.at_ms) / 60_000:.0f} min at "
+                f"terminal {self.terminal_id}, {failed} failed"
+            ),
+            evidence={"attempts": n, "failed": failed, "window_s": cfg.card_testing_window_s,
+                      "min_attempts": cfg.card_testing_min_attempts,
+                      "min_failed_share": cfg.card_testing_min_failed_share,
+                      "max_amount_minor": cfg.card_testing_max_amount_minor},
+            event_ids=[a.event_id for a in burst],
+        )  # fmt: skip

@@ -171,7 +171,7 @@ class BillingProcessor:
             session,
             price_minor=case.bill.total_minor,
             bill_event_id=case.bill.event_id if case.bill.unrated is None else None,
-            payments=case.payments,
+            payments=case.featured_payments(self.config.sample_retention_s),
             station=station,
         )
         batch.features.append(features)

@@ -50,7 +50,7 @@ from streams.settings import DEFAULT_DETECTION_GROUP, Settings
 from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
-from topics.records import FraudAlert, PaymentEvent, SessionFeatures
+from topics.records import ClockTick, FraudAlert, PaymentEvent, SessionFeatures
 
 __all__ = [
     "DetectionBatch",
@@ -86,9 +86,23 @@ class KeyedPayment(msgspec.Struct, tag="payment", frozen=True):
     payment: PaymentEvent
 
 
-Keyed = KeyedFeatures | KeyedPayment
+class KeyedClock(msgspec.Struct, tag="clock", frozen=True):
+    """A payment partition's clock tick, forwarded to every keyed partition."""
+
+    at_ms: int
+
+
+Keyed = KeyedFeatures | KeyedPayment | KeyedClock
 _keyed_decoder = msgspec.json.Decoder(Keyed)  # type: ignore[arg-type]
 _keyed_encode = msgspec.json.Encoder().encode
+
+
+class PaymentClock(msgspec.Struct, kw_only=True):
+    """A keyed partition's view of the payments' event time: the latest tick of every
+    payment partition; the watermark is the oldest of them (once all have ticked)."""
+
+    sources: dict[str, int] = {}
+    watermark_ms: int = -1
 
 
 class StationMemory(msgspec.Struct, kw_only=True):
@@ -107,7 +121,19 @@ class StationMemory(msgspec.Struct, kw_only=True):
             self.scored = {k: t for k, t in self.scored.items() if t >= horizon}
 
 
-_STATE_TYPES: Final = {"token": TokenHistory, "terminal": TerminalWindow, "station": StationMemory}
+_STATE_TYPES: Final = {
+    "token": TokenHistory,
+    "terminal": TerminalWindow,
+    "station": StationMemory,
+    "clock": PaymentClock,
+}
+_CLOCK: Final = b"clock"
+_ACCEPTS: Final[dict[str, type]] = {
+    "token": KeyedFeatures,
+    "station": KeyedFeatures,
+    "terminal": KeyedPayment,
+    "clock": KeyedClock,
+}
 _state_encode = msgspec.msgpack.Encoder().encode
 _state_decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in _STATE_TYPES.items()}
 
@@ -151,6 +177,7 @@ class DetectionProcessor:
         self.partition_for = partition_for
         self.stage = stage
         self.partitions = CATALOG["detection_keyed"].partitions
+        self.source_partitions = CATALOG["payment_events"].partitions
         self.state: dict[int, dict[bytes, object]] = {}
         self._topics = {topic(short): short for short in INPUT_TOPICS}
         self.keyed_topic = topic("detection_keyed")
@@ -200,7 +227,16 @@ class DetectionProcessor:
         value: bytes | None,
     ) -> str:
         if key == CLOCK_KEY:
-            return "ignored"
+            if short != "payment_events" or value is None:
+                return "ignored"
+            # The payments' event-time clock, on to every keyed partition: terminals decide
+            # on the oldest of all payment partitions' latest ticks.
+            tick = decode(value, ClockTick)
+            forward = _keyed_encode(KeyedClock(_ms(tick.event_time)))
+            raw = f"clock:{partition}".encode()
+            for target in range(self.partitions):
+                batch.outputs.append(Output(self.keyed_topic, raw, forward, target))
+            return "clock"
         if value is None:
             raise RecordDecodeError("message has no value (null)")
         if short == "session_features":
@@ -225,23 +261,51 @@ class DetectionProcessor:
             raise RecordDecodeError(f"invalid keyed record: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise RecordDecodeError(f"not JSON: {exc}") from exc
+        if not isinstance(keyed, _ACCEPTS[kind]):
+            raise RecordDecodeError(f"a {type(keyed).__name__} cannot go to a {kind} entity")
+        if isinstance(keyed, KeyedClock):
+            self._clock(batch, changed, partition, entity, keyed.at_ms)
+            return "clock"
         state_key = key or b""
         state = self._state(partition, kind, entity, state_key)
-        if kind == "token" and isinstance(keyed, KeyedFeatures) and isinstance(state, TokenHistory):
+        if isinstance(state, TokenHistory) and isinstance(keyed, KeyedFeatures):
             alerts, token_features = state.observe(keyed.features, self.config)
             self._publish(batch, alerts)
             f = keyed.features
             self._rekey(batch, f"station:{f.station_id}", KeyedFeatures(f, token_features))
-        elif kind == "station" and isinstance(keyed, KeyedFeatures):
-            assert isinstance(state, StationMemory)
+        elif isinstance(state, StationMemory) and isinstance(keyed, KeyedFeatures):
             self._station(batch, state, keyed)
-        elif kind == "terminal" and isinstance(keyed, KeyedPayment):
-            assert isinstance(state, TerminalWindow)
+        elif isinstance(state, TerminalWindow) and isinstance(keyed, KeyedPayment):
             self._publish(batch, state.observe(keyed.payment, self.config))
-        else:
-            raise RecordDecodeError(f"a {type(keyed).__name__} cannot go to a {kind} entity")
         changed[(partition, state_key)] = state
         return "accepted"
+
+    def _clock(
+        self,
+        batch: DetectionBatch,
+        changed: dict[tuple[int, bytes], object],
+        partition: int,
+        source: str,
+        at_ms: int,
+    ) -> None:
+        entities = self.state.setdefault(partition, {})
+        clock = entities.get(_CLOCK)
+        if not isinstance(clock, PaymentClock):
+            clock = entities[_CLOCK] = PaymentClock()
+        if at_ms <= clock.sources.get(source, -1):
+            return
+        clock.sources[source] = at_ms
+        changed[(partition, _CLOCK)] = clock
+        if len(clock.sources) < self.source_partitions:
+            return
+        watermark = min(clock.sources.values())
+        if watermark <= clock.watermark_ms:
+            return
+        clock.watermark_ms = watermark
+        for key, state in entities.items():
+            if isinstance(state, TerminalWindow) and state.attempts:
+                self._publish(batch, state.advance(watermark, self.config))
+                changed[(partition, key)] = state
 
     def _station(self, batch: DetectionBatch, memory: StationMemory, keyed: KeyedFeatures) -> None:
         f = keyed.features
@@ -321,7 +385,7 @@ class DetectionProcessor:
             if value is None:
                 entities.pop(key, None)
                 continue
-            kind = key.split(b":", 1)[0].decode("utf-8", "replace")
+            kind = key.split(b":", 1)[0].decode("utf-8", "replace")  # b"clock" has no ":"
             decoder = _state_decoders.get(kind)
             if decoder is None:
                 log.warning("detection changelog: unknown key %r skipped", key)
@@ -349,8 +413,7 @@ class InMemoryDetection:
         self.dead_letters: list[Output] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self._offsets: Counter[tuple[str, int]] = Counter()
-        self._features = topic("session_features")
-        self._payments = topic("payment_events")
+        self._dead = topic("dead_letters")
 
     def _offset(self, name: str, partition: int) -> int:
         offset = self._offsets[(name, partition)]
@@ -359,21 +422,15 @@ class InMemoryDetection:
 
     def feed(
         self,
+        messages: Iterable[tuple[str, int, bytes | None, bytes | None]],
         *,
-        features: Iterable[SessionFeatures] = (),
-        payments: Iterable[PaymentEvent] = (),
         now: datetime,
     ) -> list[FraudAlert]:
-        """Process features and payment events (each keyed by session); the new alerts."""
+        """Process ``(topic, partition, key, value)`` of the stage's inputs (session
+        features and payment events as billing and ingest publish them, clock ticks
+        included); returns the new alerts."""
         p = self.processor
-        batch = [
-            (self._features, 0, self._offset(self._features, 0), f.session_id.encode(), encode(f))
-            for f in features
-        ] + [
-            (self._payments, 0, self._offset(self._payments, 0), (x.session_id or "").encode(),
-             encode(x))
-            for x in payments
-        ]  # fmt: skip
+        batch = [(t, part, self._offset(t, part), k, v) for t, part, k, v in messages]
         new: list[FraudAlert] = []
         while batch:
             result = p.process(batch, now=now)
@@ -383,7 +440,7 @@ class InMemoryDetection:
                 if o.topic == p.keyed_topic:
                     part = o.partition or 0
                     batch.append((o.topic, part, self._offset(o.topic, part), o.key, o.value))
-                elif o.topic == topic("dead_letters"):
+                elif o.topic == self._dead:
                     self.dead_letters.append(o)
             for alert in result.alerts:
                 if alert.alert_id not in self.alerts:

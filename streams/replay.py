@@ -26,14 +26,13 @@ import orjson
 
 from billing.engine import Emit
 from billing.reconciliation import ReconciliationConfig
-from models.detect import Detector
 from streams.billing import BillingProcessor
+from streams.detection import DetectionProcessor, InMemoryDetection
 from streams.ingest import IngestProcessor
-from topics.catalog import CATALOG, CLOCK_KEY, topic
+from topics.catalog import CATALOG, topic
 from topics.codec import decode
 from topics.records import (
     DeadLetter,
-    PaymentEvent,
     ReconciliationResult,
     SessionBill,
     SessionFeatures,
@@ -78,8 +77,17 @@ class Replay:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     mismatch_publications: int = 0
-    detector: Detector | None = None
-    """Runs the fraud rules over features and payments when given."""
+    detection: InMemoryDetection | None = None
+    """Runs the detection stage (fraud rules and scorers) over what billing and ingest
+    publish, when given (:meth:`with_detection`)."""
+
+    @classmethod
+    def with_detection(cls, **kw: object) -> Replay:
+        """A replay that also runs the detection stage as the worker does."""
+        return cls(
+            detection=InMemoryDetection(DetectionProcessor(partition_for=partition_for)),
+            **kw,  # type: ignore[arg-type]
+        )
 
     def __post_init__(self) -> None:
         self.ingest = IngestProcessor(hash_secret=self.hash_secret)
@@ -96,6 +104,7 @@ class Replay:
         }
         self._dead = topic("dead_letters")
         self._payments = topic("payment_events")
+        self._features_topic = topic("session_features")
 
     def run(self, lines: Iterable[Line]) -> Replay:
         """Replay every line (reference data first is the caller's order to keep)."""
@@ -139,27 +148,33 @@ class Replay:
         result = self.ingest.process(batch, now=self.now)
         self.counts["input"] += len(batch)
         downstream: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        detect: list[tuple[str, int, bytes | None, bytes | None]] = []
         for o in result.outputs:
             if o.topic == self._dead:
                 self.dead_letters.append(decode(o.value or b"", DeadLetter))
             elif o.topic in self._billing_inputs:
-                if self.detector is not None and o.topic == self._payments and o.key != CLOCK_KEY:
-                    self.detector.on_payment(decode(o.value or b"", PaymentEvent))
                 partition = o.partition
                 if partition is None:
                     partition = partition_for(o.key, 6) if o.key else 0
                 offset = self._next_offset(o.topic, partition)
                 downstream.append((o.topic, partition, offset, o.key, o.value))
+                if o.topic == self._payments:
+                    detect.append((o.topic, partition, o.key, o.value))
         billed = self.billing.process(downstream, now=self.now)
         for o in billed.outputs:
             if o.topic == self._dead:
                 self.dead_letters.append(decode(o.value or b"", DeadLetter))
+            elif o.topic == self._features_topic:
+                detect.append((o.topic, partition_for(o.key, 6), o.key, o.value))
         for e in billed.emitted:
             self._collect(e)
         for f in billed.features:
             self.features[f.session_id] = f
-            if self.detector is not None:
-                self.detector.on_features(f)
+        if self.detection is not None and detect:
+            self.detection.feed(detect, now=self.now)
+            for o in self.detection.dead_letters:
+                self.dead_letters.append(decode(o.value or b"", DeadLetter))
+            self.detection.dead_letters.clear()
 
     def _collect(self, e: Emit) -> None:
         record = e.record

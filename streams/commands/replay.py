@@ -15,7 +15,6 @@ from typing import Any
 import click
 import msgspec
 
-from models.detect import Detector
 from models.evaluation import Report, detections, evaluate
 from streams.replay import Replay, time_ordered
 from streams.settings import ConfigError, Settings
@@ -118,17 +117,16 @@ def replay(
         raise click.UsageError(str(exc)) from None
     started = time.perf_counter()
     try:
-        run = Replay(
-            hash_secret=hash_secret.encode(),
-            config=config,
-            detector=Detector() if detect else None,
-        ).run(time_ordered(files))
+        kw = {"hash_secret": hash_secret.encode(), "config": config}
+        run = (Replay.with_detection(**kw) if detect else Replay(**kw)).run(  # type: ignore[arg-type]
+            time_ordered(files)
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     summary = summarize(run, time.perf_counter() - started)
     report = None
-    if run.detector is not None:
-        alerts = sorted(run.detector.alerts.values(), key=lambda a: a.event_time)
+    if run.detection is not None:
+        alerts = sorted(run.detection.alerts.values(), key=lambda a: a.event_time)
         summary["alerts"] = dict(Counter(a.kind for a in alerts).most_common())
         if label_files:
             labels = [
@@ -146,11 +144,8 @@ def replay(
         _write(out_dir / "reconciliation.jsonl", results)
         _write(out_dir / "mismatches.jsonl", [r for r in results if r.outcome != "matched"])
         _write(out_dir / "dead_letters.jsonl", run.dead_letters)
-        if run.detector is not None:
-            _write(
-                out_dir / "alerts.jsonl",
-                sorted(run.detector.alerts.values(), key=lambda a: a.event_time),
-            )
+        if run.detection is not None:
+            _write(out_dir / "alerts.jsonl", alerts)
         summary["out_dir"] = str(out_dir)
     if fmt == "json":
         click.echo(msgspec.json.encode(summary).decode())

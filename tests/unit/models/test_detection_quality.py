@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from models.detect import Detector
 from models.evaluation import detections, evaluate
 from streams.replay import Replay
 from topics.codec import decode
@@ -24,9 +23,9 @@ def report():
     config = SimulationConfig(seed=404, sessions=1500, stations=50, fault_scale=5.0)
     records = list(Simulation(config, hash_secret=SECRET).records())
     labels = [decode(v, SimLabel) for t, _, v in records if t == "sim_labels"]
-    replay = Replay(hash_secret=SECRET, detector=Detector()).run(records)
-    assert replay.detector is not None
-    found = detections(replay.detector.alerts.values(), replay.results.values())
+    replay = Replay.with_detection(hash_secret=SECRET).run(records)
+    assert replay.detection is not None
+    found = detections(replay.detection.alerts.values(), replay.results.values())
     return evaluate(found, labels, sessions=len(replay.bills)), labels
 
 

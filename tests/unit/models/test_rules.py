@@ -132,13 +132,37 @@ def attempt(
     )  # fmt: skip
 
 
+def _ms(second: int) -> int:
+    return int((T0 + timedelta(seconds=second)).timestamp() * 1000)
+
+
 def test_card_testing_burst_alerts_once() -> None:
     window = TerminalWindow(terminal_id="T1")
     alerts = []
     for n in range(20):
         alerts += window.observe(attempt(n, n * 20, "failed" if n % 3 else "authorized"), CFG)
+        alerts += window.advance(_ms(n * 20 - 60), CFG)
+    alerts += window.advance(_ms(3600), CFG)
     assert [a.kind for a in alerts] == ["card_testing"]
-    assert alerts[0].subject_id == "T1" and alerts[0].evidence["attempts"] >= 8
+    assert alerts[0].subject_id == "T1" and alerts[0].evidence["attempts"] == 8
+    assert alerts[0].evidence_event_ids == [f"a{n}" for n in range(8)]
+
+
+def test_card_testing_does_not_depend_on_arrival_order() -> None:
+    """Attempts come from several partitions: shuffled, they give the same alert, and
+    nothing is decided before the watermark passes the burst."""
+    kinds = ["failed" if n % 3 else "authorized" for n in range(20)]
+    in_order = TerminalWindow(terminal_id="T1")
+    shuffled = TerminalWindow(terminal_id="T1")
+    for n in range(20):
+        in_order.observe(attempt(n, n * 20, kinds[n]), CFG)
+    for n in [7, 3, 19, 0, 12, 5, 1, 18, 9, 2, 15, 4, 11, 6, 17, 8, 13, 10, 16, 14]:
+        shuffled.observe(attempt(n, n * 20, kinds[n]), CFG)
+    assert shuffled.advance(_ms(7 * 20), CFG) == []  # the 8th attempt is not below it yet
+    a = in_order.advance(_ms(3600), CFG)
+    b = shuffled.advance(_ms(3600), CFG)
+    assert [x.alert_id for x in a] == [x.alert_id for x in b] and len(a) == 1
+    assert shuffled.attempts == []
 
 
 def test_honest_terminal_traffic_is_not_card_testing() -> None:
@@ -149,4 +173,5 @@ def test_honest_terminal_traffic_is_not_card_testing() -> None:
         alerts += window.observe(attempt(n, n * 20, kind, amount=3000), CFG)
     for n in range(20, 30):  # small amounts, but mostly accepted
         alerts += window.observe(attempt(n, 600 + n * 10, "authorized", amount=100), CFG)
+    alerts += window.advance(_ms(7200), CFG)
     assert alerts == []

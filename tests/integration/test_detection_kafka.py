@@ -1,0 +1,119 @@
+"""Fraud detection on the real broker, with simulator traffic.
+
+On a broker of its own: the simulator's traffic goes through the ingest and billing loops,
+then a detection worker (a subprocess) that is killed (SIGKILL) mid-stream and restarted.
+The alerts on the topic must be each alert id once, the same set as the replay's rules
+over the same input, and they must find the rule-named fraud the simulator injected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streams.admin import create_topics
+from streams.billing import BillingLoop
+from streams.commands.simulate import produce_to_kafka
+from streams.ingest import IngestLoop
+from streams.reference import read_reference
+from streams.replay import Replay
+from streams.settings import Settings
+from tests.integration.helpers import produce_all, read_all
+from topics.codec import decode
+from topics.records import DeadLetter, FraudAlert
+from topics.simulation.config import SimulationConfig
+from topics.simulation.engine import Simulation
+from topics.simulation.faults import SimLabel
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "detection-integration"
+CONFIG = SimulationConfig(seed=1618, sessions=350, stations=25, fault_scale=6.0)
+
+
+def _run(loop, idle_s: float) -> None:  # type: ignore[no-untyped-def]
+    thread = threading.Thread(target=loop.run, kwargs={"max_idle_s": idle_s})
+    thread.start()
+    thread.join(400)
+    assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def billed(private_kafka: str) -> str:
+    """Simulator -> ingest -> billing on a private broker: session features on their topic."""
+    create_topics(AdminClient({"bootstrap.servers": private_kafka}))
+    produce_to_kafka(CONFIG, hash_secret=SECRET.encode(), bootstrap_servers=private_kafka)
+    settings = Settings.from_env(
+        {}, bootstrap_servers=private_kafka, hash_secret=SECRET, instance_id="it"
+    )
+    _run(IngestLoop(settings), 8.0)
+    reference = read_reference(settings)
+    _run(BillingLoop(settings, tariffs=reference.tariffs, stations=reference.stations), 6.0)
+    return private_kafka
+
+
+def detection_process(bootstrap: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VOLTGUARD_INSTANCE_ID": "detection-restart",
+        "VOLTGUARD_INGEST_BATCH_MAX": "10",  # many small transactions: the kill lands mid-stream
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--stage", "detection",
+         "--bootstrap-servers", bootstrap, "--exit-when-idle", "6"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_killed_detection_worker_publishes_each_alert_once_and_as_replay(billed: str) -> None:
+    bootstrap = billed
+    # Poison on every input of the stage: each goes to the dead-letter topic, nothing stops.
+    produce_all(bootstrap, "session_features", [(b"s-bad", b"{not json")])
+    produce_all(bootstrap, "detection_keyed", [(b"planet:mars", b"{}")])
+    worker = detection_process(bootstrap)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(read_all(bootstrap, "fraud_alerts", settle_s=0.0, timeout_s=2)) >= 5:
+            break
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    first_log = worker.communicate(timeout=10)[0].decode()
+    at_kill = len(read_all(bootstrap, "fraud_alerts", settle_s=0.5))
+    worker = detection_process(bootstrap)
+    out, _ = worker.communicate(timeout=400)
+    assert worker.returncode == 0, out.decode()[-3000:]
+    assert "restored" in out.decode(), "the restarted worker restored its state"
+
+    alerts = [decode(v, FraudAlert) for v in read_all(bootstrap, "fraud_alerts")]
+    assert 5 <= at_kill < len(alerts), f"not killed mid-stream: {first_log[-2000:]}"
+    ids = [a.alert_id for a in alerts]
+    assert len(ids) == len(set(ids)), "an alert was published twice"
+
+    records = list(Simulation(CONFIG, hash_secret=SECRET.encode()).records())
+    replayed = Replay.with_detection(hash_secret=SECRET.encode()).run(records)
+    assert replayed.detection is not None
+    expected = replayed.detection.alerts
+    by_id = {a.alert_id: a for a in alerts}
+    extra = sorted((by_id[i].kind, by_id[i].explanation) for i in set(by_id) - set(expected))
+    missing = sorted(
+        (expected[i].kind, expected[i].explanation) for i in set(expected) - set(by_id)
+    )
+    assert (extra, missing) == ([], [])
+
+    labels = [decode(v, SimLabel) for t, _, v in records if t == "sim_labels"]
+    rule_kinds = {"meter_rollback", "meter_reset", "card_testing", "cloned_token_overlap"}
+    found = {a.kind for a in alerts}
+    assert rule_kinds & {lab.kind for lab in labels} <= found
+
+    letters = [decode(v, DeadLetter) for v in read_all(bootstrap, "dead_letters")]
+    detection_letters = [dl for dl in letters if dl.stage == "detection"]
+    assert sorted(dl.original_key for dl in detection_letters) == [b"planet:mars", b"s-bad"]
