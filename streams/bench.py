@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -263,13 +264,14 @@ def _open_session_memory(sessions: int, samples_per_session: int) -> tuple[float
 def bench_billing(
     sessions: int, stations: int, bootstrap_servers: str | None, json_out: Path | None
 ) -> None:
-    """Simulator traffic -> ingest -> billing and reconciliation, one worker each.
+    """Simulator traffic -> ingest -> billing and reconciliation -> detection.
 
     Prints the billing worker's input events/s beside the bare consume+parse ceiling of the
     same topics and of the raw frames (the ingest ceiling), and the state per open session.
     """
     from streams.billing import BillingBatch, BillingLoop
     from streams.commands.simulate import produce_to_kafka
+    from streams.detection import DetectionBatch, DetectionLoop
     from streams.reference import read_reference
     from topics.simulation.config import SimulationConfig
 
@@ -331,13 +333,34 @@ def bench_billing(
         billing_loop = BillingLoop(
             settings, tariffs=reference.tariffs, stations=reference.stations, on_batch=on_batch
         )
+        # Detection runs beside billing in the same process (one worker doing both stages,
+        # sharing one interpreter: the conservative case), consuming what billing commits.
+        detected: dict[str, Any] = {"n": 0, "alerts": 0, "last": None, "cpu": 0.0}
+
+        def on_detection(batch: DetectionBatch) -> None:
+            detected["n"] += sum(batch.counts.values())
+            detected["alerts"] += len(batch.alerts)
+            detected["last"] = time.perf_counter()
+
+        detection_loop = DetectionLoop(settings, on_batch=on_detection)
+
+        def run_detection() -> None:
+            cpu_start = time.thread_time()
+            detection_loop.run(max_idle_s=8)
+            detected["cpu"] = time.thread_time() - cpu_start
+
+        detection_thread = threading.Thread(target=run_detection, daemon=True)
         started_billing = time.perf_counter()
         cpu0 = time.process_time()
+        detection_thread.start()
         billing_loop.run(max_idle_s=8)
+        detection_thread.join(300)
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - started_billing
         elapsed = state["last"] - state["first"]
         events_per_s = state["n"] / elapsed
+        pipeline_s = max(state["last"], detected["last"] or 0.0) - started_billing
+        pipeline_per_s = state["n"] / pipeline_s
         heap_per_session, bytes_per_session = _open_session_memory(10_000, 60)
         figures = {
             "sessions": sessions,
@@ -351,6 +374,13 @@ def bench_billing(
             "billing_worker_events_per_s": round(events_per_s),
             "billing_vs_bare_ratio": round(events_per_s / billing_ceiling, 3),
             "billing_floor_events_per_s": 5_000,
+            "detection_input_events": detected["n"],
+            "fraud_alerts": detected["alerts"],
+            "detection_cpu_s": round(detected["cpu"], 2),
+            "detection_cpu_us_per_input_event": round(
+                1e6 * detected["cpu"] / max(1, detected["n"]), 1
+            ),
+            "pipeline_billing_input_events_per_s_with_detection": round(pipeline_per_s),
             "billing_process_cpu_share_of_one_core_incl_idle_exit": round(cpu / wall, 2),
             "peak_open_sessions": state["peak_open"],
             "changelog_bytes_per_open_session_at_peak": round(state["state_bytes"]),
@@ -367,6 +397,10 @@ def bench_billing(
             f"-> {state['bills']:,} bills, {state['results']:,} results\n"
             f"billing / ceiling                   : {figures['billing_vs_bare_ratio']:.3f}\n"
             f"billing / floor (5,000 events/s)    : {events_per_s / 5_000:.2f}\n"
+            f"detection (same process, beside it) : {detected['n']:>9,} input events, "
+            f"{detected['alerts']:,} alerts, {figures['detection_cpu_us_per_input_event']} us CPU each\n"
+            f"pipeline with detection             : {figures['pipeline_billing_input_events_per_s_with_detection']:>9,} "
+            f"billing input events/s (start of billing to last alert; floor 5,000)\n"
             f"open sessions at peak               : {state['peak_open']:,}, "
             f"{figures['changelog_bytes_per_open_session_at_peak']:,} changelog bytes each\n"
             f"10,000 synthetic open sessions (1 h): {figures['synthetic_10k_open_sessions_60_samples_heap_bytes_each']:,} "

@@ -1,9 +1,10 @@
 """``voltguard demo``: the main job on the embedded default, watched from the terminal.
 
-Starts (or reuses) the project's local Kafka, creates the catalog's topics, runs the ingest
-and billing workers, feeds them simulated fleet traffic (plus a few real malformed charger
-frames) and shows what comes out: sessions starting and ending, bills, reconciliation
-mismatches with their evidence, dead letters with their reasons.
+Starts (or reuses) the project's local Kafka, creates the catalog's topics, runs the ingest,
+billing and detection workers, feeds them simulated fleet traffic (plus a few real malformed
+charger frames) and shows what comes out: sessions starting and ending, bills,
+reconciliation mismatches with their evidence, explained fraud alerts, dead letters with
+their reasons.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.admin import create_topics
 from streams.billing import BillingLoop
+from streams.detection import DetectionLoop
 from streams.ingest import IngestLoop
 from streams.localkafka import LocalKafka, default_data_dir
 from streams.reference import ReferenceFollower, read_reference
@@ -30,6 +32,7 @@ from topics.catalog import CLOCK_KEY, topic
 from topics.codec import decode
 from topics.records import (
     DeadLetter,
+    FraudAlert,
     MeterReading,
     ReconciliationResult,
     SessionBill,
@@ -92,6 +95,7 @@ class _View:
             topic("session_bills"): "bill",
             topic("reconciliation"): "result",
             topic("reconciliation_mismatches"): "mismatch",
+            topic("fraud_alerts"): "alert",
         }
         # Start exactly at today's ends of the topics: nothing earlier, nothing missed.
         assignment = []
@@ -103,6 +107,7 @@ class _View:
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
+        self.alert_kinds: Counter[str] = Counter()
         self.show_sessions = show_sessions
         self.shown = 0
 
@@ -131,6 +136,16 @@ class _View:
                 f"  {what} {r.outcome:<29} {r.session_id or '-':<36} delta {r.delta_minor:>6} "
                 f"{r.currency or ''}: {r.detail}",
                 fg="green" if r.outcome == "matched" else "yellow",
+            )
+            return
+        if kind == "alert":
+            a = decode(value, FraudAlert)
+            self.counts["fraud alerts"] += 1
+            self.alert_kinds[a.kind] += 1
+            click.secho(
+                f"  ALERT {a.severity:<8} {a.kind:<30} {a.subject_type} {a.subject_id[:16]}: "
+                f"{a.explanation}",
+                fg="magenta",
             )
             return
         if kind == "reading":
@@ -194,7 +209,7 @@ def demo(
     states = create_topics(AdminClient({"bootstrap.servers": bootstrap}))
     click.echo(f"  {len(states)} catalog topics, {sum(s.created for s in states)} created now")
 
-    click.secho("3/4 ingest and billing workers", bold=True)
+    click.secho("3/4 ingest, billing and detection workers", bold=True)
     secret = os.environ.get("VOLTGUARD_HASH_SECRET") or _hash_secret(data_dir.parent)
     settings = Settings.from_env(
         {}, bootstrap_servers=bootstrap, hash_secret=secret, instance_id="demo",
@@ -213,6 +228,14 @@ def demo(
     billing = BillingLoop(billing_settings, tariffs=reference.tariffs, stations=reference.stations)
     billing_worker = threading.Thread(target=billing.run, name="billing", daemon=True)
     billing_worker.start()
+    detection = DetectionLoop(
+        Settings.from_env(
+            {}, bootstrap_servers=bootstrap, instance_id="demo",
+            detection_group_id="voltguard-demo-detection",
+        )
+    )  # fmt: skip
+    detection_worker = threading.Thread(target=detection.run, name="detection", daemon=True)
+    detection_worker.start()
     view = _View(bootstrap, show_sessions=show_sessions)
     click.echo("  running (tokens hashed with the demo secret; nothing raw leaves ingest)")
 
@@ -246,8 +269,10 @@ def demo(
     finally:
         loop.stop()
         billing.stop()
+        detection.stop()
         worker.join(30)
         billing_worker.join(30)
+        detection_worker.join(30)
         follower.stop()
         view.close()
     click.secho("summary", bold=True)
@@ -260,6 +285,10 @@ def demo(
         click.echo(
             "  results wait for their grace in event time (30 min after the end with "
             "payments, 7 days without: roaming settles late)"
+        )
+    if view.alert_kinds:
+        click.echo(
+            "  fraud alerts: " + ", ".join(f"{k} {v}" for k, v in view.alert_kinds.most_common())
         )
     if view.reasons:
         click.echo(
