@@ -38,7 +38,7 @@ from streams.metrics import BATCH_SECONDS
 from streams.settings import Settings
 from topics.catalog import CATALOG
 
-__all__ = ["Output", "Stage", "TransactionalLoop"]
+__all__ = ["Output", "Stage", "TransactionalLoop", "watermarks"]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class TransactionalLoop:
         try:
             for p in partitions:
                 tp = TopicPartition(changelog, p)
-                low, high = _watermarks(restorer, tp)
+                low, high = watermarks(restorer, tp)
                 records: list[tuple[bytes, bytes | None]] = []
                 if high > low:
                     restorer.assign([TopicPartition(changelog, p, OFFSET_BEGINNING)])
@@ -307,7 +307,7 @@ def _is_eof(msg: Message) -> bool:
     return err is not None and err.code() == KafkaError._PARTITION_EOF
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tuple[int, int]:
+def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tuple[int, int]:
     """Low and high offsets, retrying while a new partition's leader is being elected."""
     for attempt in range(attempts):
         try:

@@ -26,6 +26,7 @@ from streams.billing import BillingLoop
 from streams.detection import DetectionLoop
 from streams.ingest import IngestLoop
 from streams.localkafka import LocalKafka, default_data_dir
+from streams.loop import watermarks
 from streams.reference import ReferenceFollower, read_reference
 from streams.settings import Settings
 from topics.catalog import CLOCK_KEY, topic
@@ -101,7 +102,7 @@ class _View:
         assignment = []
         for name in self.names:
             for p in self.consumer.list_topics(name, timeout=10).topics[name].partitions:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                _, high = watermarks(self.consumer, TopicPartition(name, p))
                 assignment.append(TopicPartition(name, p, high))
         self.consumer.assign(assignment)
         self.counts: Counter[str] = Counter()
