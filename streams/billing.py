@@ -37,7 +37,7 @@ from confluent_kafka import Message
 from billing.engine import BillingEngine, Emit, LateInputError, to_ms
 from billing.reconciliation import ReconciliationConfig
 from models.features import session_features
-from streams.dead_letters import dead_letter_output
+from streams.dead_letters import reject
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import (
     BILLING_EVENTS,
@@ -138,11 +138,23 @@ class BillingProcessor:
                 outcome = "accepted"
             except (RecordDecodeError, LateInputError) as exc:
                 emits, outcome = [], "dead_letter"
-                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    batch,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             except Exception as exc:  # bad input must never crash the worker
                 log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
                 emits, outcome = [], "dead_letter"
-                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    batch,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             batch.counts[(short, outcome)] += 1
             for e in emits:
                 if e.topic in ("session_bills", "session_features"):
@@ -198,31 +210,6 @@ class BillingProcessor:
     ) -> list[Emit]:
         """A clock tick on one input topic; the watermark is the oldest of the three topics'."""
         return engine.tick(short, to_ms(tick.event_time), channels=len(INPUT_TOPICS))
-
-    def _reject(
-        self,
-        batch: BillingBatch,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        exc: Exception,
-        now: datetime,
-    ) -> None:
-        batch.outputs.append(
-            dead_letter_output(
-                stage=self.stage,
-                source_topic=source_topic,
-                partition=partition,
-                offset=offset,
-                key=key,
-                value=value,
-                error=exc,
-                now=now,
-            )
-        )
-        batch.dead_letter_reasons[type(exc).__name__] += 1
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild one partition's engine from its changelog."""

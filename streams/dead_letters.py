@@ -6,7 +6,9 @@ Every stage that rejects a message builds its dead letter here, so the record an
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
+from typing import Protocol
 
 from streams.loop import Output
 from topics.catalog import topic
@@ -14,7 +16,16 @@ from topics.codec import encode
 from topics.identity import stable_id
 from topics.records import DeadLetter
 
-__all__ = ["dead_letter_output", "dead_letter_summary"]
+__all__ = ["dead_letter_output", "dead_letter_summary", "reject"]
+
+Message = tuple[str, int, int, bytes | None, bytes | None]
+"""``(topic, partition, offset, key, value)`` as the stage processors take them."""
+
+
+class _Batch(Protocol):
+    outputs: list[Output]
+    dead_letter_reasons: Counter[str]
+
 
 _TOPIC = topic("dead_letters")
 
@@ -45,6 +56,19 @@ def dead_letter_output(
         reason=str(error) or type(error).__name__,
     )
     return Output(_TOPIC, source_topic.encode(), encode(letter))
+
+
+def reject(batch: _Batch, message: Message, error: Exception, *, stage: str, now: datetime) -> None:
+    """Send one input message to the dead-letter topic within ``batch`` (so in the batch's
+    transaction) and count its error type for the stage's metrics."""
+    source_topic, partition, offset, key, value = message
+    batch.outputs.append(
+        dead_letter_output(
+            stage=stage, source_topic=source_topic, partition=partition, offset=offset,
+            key=key, value=value, error=error, now=now,
+        )
+    )  # fmt: skip
+    batch.dead_letter_reasons[type(error).__name__] += 1
 
 
 def dead_letter_summary(letter: DeadLetter) -> str:

@@ -43,7 +43,7 @@ import msgspec
 from confluent_kafka import Message
 
 from models.rules import RuleConfig, TerminalWindow, TokenHistory, session_alerts
-from streams.dead_letters import dead_letter_output
+from streams.dead_letters import reject
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import ALERTS, DEAD_LETTERS, DETECTION_EVENTS, DETECTION_SECONDS
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
@@ -207,11 +207,23 @@ class DetectionProcessor:
                 outcome = self._one(batch, changed, short, partition, key, value)
             except RecordDecodeError as exc:
                 outcome = "dead_letter"
-                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    batch,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             except Exception as exc:  # bad input must never crash the worker
                 log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
                 outcome = "dead_letter"
-                self._reject(batch, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    batch,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             batch.counts[(short, outcome)] += 1
         for (partition, key), state in changed.items():
             batch.outputs.append(Output(self.changelog_topic, key, _state_encode(state), partition))
@@ -350,31 +362,6 @@ class DetectionProcessor:
         for alert in alerts:
             batch.alerts.append(alert)
             batch.outputs.append(Output(self._alerts_topic, alert.alert_id.encode(), encode(alert)))
-
-    def _reject(
-        self,
-        batch: DetectionBatch,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        exc: Exception,
-        now: datetime,
-    ) -> None:
-        batch.outputs.append(
-            dead_letter_output(
-                stage=self.stage,
-                source_topic=source_topic,
-                partition=partition,
-                offset=offset,
-                key=key,
-                value=value,
-                error=exc,
-                now=now,
-            )
-        )
-        batch.dead_letter_reasons[type(exc).__name__] += 1
 
     # ---------------------------------------------------------------- state
 

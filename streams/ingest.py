@@ -26,7 +26,7 @@ from confluent_kafka import (
     Message,
 )
 
-from streams.dead_letters import dead_letter_output, dead_letter_summary
+from streams.dead_letters import dead_letter_summary, reject
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import DEAD_LETTERS, INGEST_EVENTS
 from streams.settings import DEFAULT_INGEST_GROUP, Settings
@@ -121,11 +121,23 @@ class IngestProcessor:
                 outcome = "ignored"
             except RecordDecodeError as exc:
                 outcome = "dead_letter"
-                self._dead_letter(result, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    result,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             except Exception as exc:  # bad input must never crash the worker
                 log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
                 outcome = "dead_letter"
-                self._dead_letter(result, source_topic, partition, offset, key, value, exc, now)
+                reject(
+                    result,
+                    (source_topic, partition, offset, key, value),
+                    exc,
+                    stage=self.stage,
+                    now=now,
+                )
             result.counts[(short, outcome)] += 1
         if self._future:
             result.counts[("clock", "future_time_ignored")] += self._future
@@ -203,31 +215,6 @@ class IngestProcessor:
         tp = self._current
         if ms > self.seen_ms.get(tp, -1):
             self.seen_ms[tp] = ms
-
-    def _dead_letter(
-        self,
-        result: BatchResult,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        exc: Exception,
-        now: datetime,
-    ) -> None:
-        result.outputs.append(
-            dead_letter_output(
-                stage=self.stage,
-                source_topic=source_topic,
-                partition=partition,
-                offset=offset,
-                key=key,
-                value=value,
-                error=exc,
-                now=now,
-            )
-        )
-        result.dead_letter_reasons[type(exc).__name__] += 1
 
     def _one(self, short: str, partition: int, value: bytes | None, out: list[Output]) -> str:
         if value is None:
