@@ -10,6 +10,9 @@ Three families, by the key their state is kept under (DESIGN.md "Fraud detection
   two overlapping sessions at different stations (a clone) or at two stations further apart
   than anyone could travel in the time between (impossible travel), and an offline session
   with a token never seen before;
+* **card rules** (:class:`CardHistory`) keep what a card paid and got back per payment:
+  refunds that add up to more than was captured (refund abuse), decided as soon as the
+  payments' clock has passed the refund, without waiting for reconciliation's grace;
 * **terminal rules** (:class:`TerminalWindow`) keep a payment terminal's recent
   authorisation attempts: card testing (a burst of small, mostly failed attempts).
 
@@ -43,6 +46,7 @@ from topics.records import FraudAlert, PaymentEvent, SessionFeatures
 
 __all__ = [
     "RULE_KINDS",
+    "CardHistory",
     "RuleConfig",
     "TerminalWindow",
     "TokenHistory",
@@ -66,6 +70,7 @@ RULE_KINDS: Final = (
     "cloned_token_impossible_travel",
     "offline_unknown_token",
     "card_testing",
+    "refund_abuse",
 )
 """Every alert kind the rules raise (the simulator's fault kinds use the same names)."""
 
@@ -92,6 +97,9 @@ class RuleConfig:
     card_testing_min_failed_share
         A terminal with at least ``min_attempts`` small (``<= max_amount``) attempts within
         the window, of which at least ``min_failed_share`` failed, is being card-tested.
+    card_memory_days
+        How long a card's payments are remembered after their last event (refunds and
+        chargebacks come weeks after the capture).
     """
 
     capability_tolerance: float = 1.2
@@ -104,6 +112,7 @@ class RuleConfig:
     card_testing_min_attempts: int = 8
     card_testing_max_amount_minor: int = 300
     card_testing_min_failed_share: float = 0.5
+    card_memory_days: int = 180
 
 
 def _alert(
@@ -405,6 +414,88 @@ class TokenHistory(msgspec.Struct, kw_only=True):
         return out
 
 
+# --------------------------------------------------------------------------- card rules
+
+
+class _Paid(msgspec.Struct, array_like=True):
+    """One payment of a card: what was captured and refunded, and when last."""
+
+    session_id: str | None
+    captured_minor: int = 0
+    refunded_minor: int = 0
+    currency: str = ""
+    last_ms: int = 0
+    event_ids: list[str] = []
+    alerted: bool = False
+
+
+class CardHistory(msgspec.Struct, kw_only=True):
+    """One card's payments (a table row keyed by card fingerprint hash) and its rules.
+
+    A payment's events come from one session's partition, in order; the verdict waits for
+    the payments' clock (:meth:`advance`) to pass the refund, so a capture that the PSP
+    reported a little after its refund is not mistaken for abuse.
+    """
+
+    card_hash: str
+    payments: dict[str, _Paid] = {}
+
+    def observe(self, p: PaymentEvent, cfg: RuleConfig) -> list[FraudAlert]:
+        """Add one captured or refunded event of this card (alerts come from advance)."""
+        if p.kind not in ("captured", "refunded"):
+            return []
+        paid = self.payments.get(p.payment_id)
+        if paid is None:
+            paid = self.payments[p.payment_id] = _Paid(p.session_id, currency=p.currency)
+        if p.event_id in paid.event_ids:
+            return []
+        paid.event_ids = [*paid.event_ids, p.event_id][-20:]
+        if p.kind == "captured":
+            paid.captured_minor += p.amount_minor
+        else:
+            paid.refunded_minor += p.amount_minor
+        paid.last_ms = max(paid.last_ms, _ms(p.event_time))
+        paid.session_id = paid.session_id or p.session_id
+        horizon = paid.last_ms - cfg.card_memory_days * 86_400_000
+        if any(x.last_ms < horizon for x in self.payments.values()):
+            self.payments = {k: x for k, x in self.payments.items() if x.last_ms >= horizon}
+        return []
+
+    @property
+    def pending(self) -> bool:
+        """A refund above its capture waits for the clock."""
+        return any(not p.alerted and p.refunded_minor > p.captured_minor
+                   for p in self.payments.values())  # fmt: skip
+
+    def advance(self, watermark_ms: int, cfg: RuleConfig) -> list[FraudAlert]:
+        """Every payment event before ``watermark_ms`` has arrived: decide what that allows."""
+        out: list[FraudAlert] = []
+        for payment_id, paid in sorted(self.payments.items()):
+            if paid.alerted or paid.last_ms >= watermark_ms:
+                continue
+            if paid.refunded_minor > paid.captured_minor:
+                paid.alerted = True
+                over = paid.refunded_minor - paid.captured_minor
+                out.append(
+                    _alert(
+                        "refund_abuse", "error", over,
+                        subject_type="card", subject_id=self.card_hash, about=(payment_id,),
+                        at=_EPOCH + timedelta(milliseconds=paid.last_ms),
+                        session_id=paid.session_id,
+                        explanation=(
+                            f"{paid.refunded_minor} {paid.currency} refunded on payment "
+                            f"{payment_id}, which captured {paid.captured_minor} (+{over})"
+                        ),
+                        evidence={"payment_id": payment_id,
+                                  "captured_minor": paid.captured_minor,
+                                  "refunded_minor": paid.refunded_minor,
+                                  "currency": paid.currency},
+                        event_ids=paid.event_ids,
+                    )
+                )  # fmt: skip
+        return out
+
+
 # --------------------------------------------------------------------------- terminal rules
 
 
@@ -452,6 +543,11 @@ class TerminalWindow(msgspec.Struct, kw_only=True):
         )
         self.station_id = self.station_id or p.station_id
         return []
+
+    @property
+    def pending(self) -> bool:
+        """Attempts wait for the clock."""
+        return bool(self.attempts)
 
     def advance(self, watermark_ms: int, cfg: RuleConfig) -> list[FraudAlert]:
         """Every attempt before ``watermark_ms`` has arrived: decide what that allows."""

@@ -8,7 +8,7 @@ topic in the same transaction as everything else.
 * ``session_features`` (keyed by session): a session with a token goes to ``token:<hash>``,
   one without to ``station:<station_id>``;
 * ``payment_events`` (keyed by session): an authorisation attempt made at a terminal goes
-  to ``terminal:<terminal_id>``;
+  to ``terminal:<terminal_id>``, a capture or refund with a card to ``card:<hash>``;
 * ``detection_keyed`` (the repartition topic, keyed by entity):
 
   - ``token:`` runs the token rules (:class:`~models.rules.TokenHistory`: clone overlap,
@@ -16,7 +16,10 @@ topic in the same transaction as everything else.
     session on to ``station:<station_id>``;
   - ``station:`` runs the session rules (:func:`~models.rules.session_alerts`) and the
     anomaly scorers, remembering which alerts it raised;
-  - ``terminal:`` runs card testing (:class:`~models.rules.TerminalWindow`).
+  - ``terminal:`` runs card testing (:class:`~models.rules.TerminalWindow`);
+  - ``card:`` runs refund abuse (:class:`~models.rules.CardHistory`);
+  - ``clock:`` carries the payments' event-time clock to every keyed partition: terminal
+    and card rules decide once the oldest payment partition's clock has passed.
 
 Every entity's state is a row of the ``detection_state`` changelog (compacted, partition =
 the entity's partition of the repartition topic), written once per batch when it changed,
@@ -42,7 +45,7 @@ from typing import Final
 import msgspec
 from confluent_kafka import Message
 
-from models.rules import RuleConfig, TerminalWindow, TokenHistory, session_alerts
+from models.rules import CardHistory, RuleConfig, TerminalWindow, TokenHistory, session_alerts
 from streams.dead_letters import reject
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import ALERTS, DEAD_LETTERS, DETECTION_EVENTS, DETECTION_SECONDS
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 
 INPUT_TOPICS: Final = ("session_features", "payment_events", "detection_keyed")
 CARD_TESTING_KINDS: Final = frozenset({"authorized", "failed"})
+CARD_KINDS: Final = frozenset({"captured", "refunded"})
 ALERT_MEMORY_MS: Final = 14 * 86_400_000
 """How long (event time) a station remembers the alerts it raised and the sessions it
 scored: longer than billing keeps a session's samples (features are republished only while
@@ -124,6 +128,7 @@ class StationMemory(msgspec.Struct, kw_only=True):
 _STATE_TYPES: Final = {
     "token": TokenHistory,
     "terminal": TerminalWindow,
+    "card": CardHistory,
     "station": StationMemory,
     "clock": PaymentClock,
 }
@@ -132,6 +137,7 @@ _ACCEPTS: Final[dict[str, type]] = {
     "token": KeyedFeatures,
     "station": KeyedFeatures,
     "terminal": KeyedPayment,
+    "card": KeyedPayment,
     "clock": KeyedClock,
 }
 _state_encode = msgspec.msgpack.Encoder().encode
@@ -179,6 +185,8 @@ class DetectionProcessor:
         self.partitions = CATALOG["detection_keyed"].partitions
         self.source_partitions = CATALOG["payment_events"].partitions
         self.state: dict[int, dict[bytes, object]] = {}
+        self.pending: dict[int, set[bytes]] = {}
+        """Per partition: keys of terminal and card entities waiting for the clock."""
         self._topics = {topic(short): short for short in INPUT_TOPICS}
         self.keyed_topic = topic("detection_keyed")
         self.changelog_topic = topic("detection_state")
@@ -258,10 +266,14 @@ class DetectionProcessor:
             return "accepted"
         if short == "payment_events":
             p = decode(value, PaymentEvent)
-            if not p.terminal_id or p.kind not in CARD_TESTING_KINDS:
-                return "ignored"
-            self._rekey(batch, f"terminal:{p.terminal_id}", KeyedPayment(p))
-            return "accepted"
+            routed = False
+            if p.terminal_id and p.kind in CARD_TESTING_KINDS:
+                self._rekey(batch, f"terminal:{p.terminal_id}", KeyedPayment(p))
+                routed = True
+            if p.card_fingerprint_hash and p.kind in CARD_KINDS:
+                self._rekey(batch, f"card:{p.card_fingerprint_hash}", KeyedPayment(p))
+                routed = True
+            return "accepted" if routed else "ignored"
         if short != "detection_keyed":
             raise RecordDecodeError(f"detection does not read topic {short!r}")
         kind, _, entity = (key or b"").decode("utf-8", "replace").partition(":")
@@ -287,8 +299,10 @@ class DetectionProcessor:
             self._rekey(batch, f"station:{f.station_id}", KeyedFeatures(f, token_features))
         elif isinstance(state, StationMemory) and isinstance(keyed, KeyedFeatures):
             self._station(batch, state, keyed)
-        elif isinstance(state, TerminalWindow) and isinstance(keyed, KeyedPayment):
+        elif isinstance(state, TerminalWindow | CardHistory) and isinstance(keyed, KeyedPayment):
             self._publish(batch, state.observe(keyed.payment, self.config))
+            if state.pending:
+                self.pending.setdefault(partition, set()).add(state_key)
         changed[(partition, state_key)] = state
         return "accepted"
 
@@ -314,10 +328,15 @@ class DetectionProcessor:
         if watermark <= clock.watermark_ms:
             return
         clock.watermark_ms = watermark
-        for key, state in entities.items():
-            if isinstance(state, TerminalWindow) and state.attempts:
+        waiting = self.pending.get(partition, set())
+        for key in sorted(waiting):
+            state = entities.get(key)
+            if isinstance(state, TerminalWindow | CardHistory):
                 self._publish(batch, state.advance(watermark, self.config))
                 changed[(partition, key)] = state
+                if state.pending:
+                    continue
+            waiting.discard(key)
 
     def _station(self, batch: DetectionBatch, memory: StationMemory, keyed: KeyedFeatures) -> None:
         f = keyed.features
@@ -342,6 +361,8 @@ class DetectionProcessor:
                 state = TokenHistory(token_hash=entity)
             elif kind == "terminal":
                 state = TerminalWindow(terminal_id=entity)
+            elif kind == "card":
+                state = CardHistory(card_hash=entity)
             else:
                 state = StationMemory()
             entities[key] = state
@@ -379,11 +400,17 @@ class DetectionProcessor:
                 continue
             entities[key] = decoder.decode(value)
         self.state[partition] = entities
+        self.pending[partition] = {
+            k
+            for k, v in entities.items()
+            if isinstance(v, TerminalWindow | CardHistory) and v.pending
+        }
         return len(entities)
 
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns."""
         self.state.pop(partition, None)
+        self.pending.pop(partition, None)
 
 
 class InMemoryDetection:

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from models.rules import RuleConfig, TerminalWindow, TokenHistory, km_between, session_alerts
+from models.rules import (
+    CardHistory,
+    RuleConfig,
+    TerminalWindow,
+    TokenHistory,
+    km_between,
+    session_alerts,
+)
 from topics.records import PaymentEvent, SessionFeatures
 
 T0 = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)
@@ -175,3 +182,35 @@ def test_honest_terminal_traffic_is_not_card_testing() -> None:
         alerts += window.observe(attempt(n, 600 + n * 10, "authorized", amount=100), CFG)
     alerts += window.advance(_ms(7200), CFG)
     assert alerts == []
+
+
+def money(n: int, minute: int, kind: str, amount: int, payment: str = "p1") -> PaymentEvent:
+    return PaymentEvent(
+        event_id=f"m{n}", event_time=T0 + timedelta(minutes=minute), source="stripe",
+        payment_id=payment, psp="stripe", psp_reference=f"r{n}", kind=kind,  # type: ignore[arg-type]
+        amount_minor=amount, currency="EUR", method="card", session_id="s1",
+        card_fingerprint_hash="cd" * 16,
+    )  # fmt: skip
+
+
+def test_refunds_above_the_capture_are_refund_abuse_once_the_clock_passes() -> None:
+    card = CardHistory(card_hash="cd" * 16)
+    for event in (money(1, 0, "captured", 2000), money(2, 60, "refunded", 1500),
+                  money(3, 90, "refunded", 900)):  # fmt: skip
+        assert card.observe(event, CFG) == []
+    assert card.pending
+    assert card.advance(_ms(89 * 60), CFG) == []  # the second refund is not below it yet
+    [alert] = card.advance(_ms(91 * 60), CFG)
+    assert (alert.kind, alert.subject_type, alert.session_id) == ("refund_abuse", "card", "s1")
+    assert alert.evidence["refunded_minor"] == 2400 and alert.evidence["captured_minor"] == 2000
+    assert "+400" in alert.explanation and not card.pending
+    assert card.advance(_ms(200 * 60), CFG) == []  # once
+
+
+def test_partial_refunds_and_a_capture_reported_after_its_refund_are_not_abuse() -> None:
+    card = CardHistory(card_hash="cd" * 16)
+    card.observe(money(1, 0, "captured", 2000), CFG)
+    card.observe(money(2, 30, "refunded", 500), CFG)  # an honest partial refund
+    card.observe(money(3, 10, "refunded", 1200, payment="p2"), CFG)  # PSP: refund first ...
+    card.observe(money(4, 9, "captured", 1200, payment="p2"), CFG)  # ... capture arrives late
+    assert card.advance(_ms(600 * 60), CFG) == []
