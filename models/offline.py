@@ -65,12 +65,15 @@ from topics.simulation.faults import SimLabel
 __all__ = [
     "ALERT_KIND",
     "Comparison",
+    "RetrainOutcome",
     "SessionModel",
     "alert_for",
+    "alerts_many",
     "average_precision",
     "compare",
     "is_heldout",
     "precision_recall_at",
+    "retrain",
     "session_labels",
 ]
 
@@ -433,6 +436,33 @@ def alert_for(
     )
 
 
+def alerts_many(
+    model: SessionModel,
+    batch: Sequence[SessionFeatures],
+    *,
+    model_name: str,
+    model_version: str,
+) -> tuple[np.ndarray, list[FraudAlert]]:
+    """Score a batch of sessions in one :meth:`SessionModel.score_many` call; the alerts of
+    those at or above the threshold, in batch order.
+
+    >>> rows = [{"a": float(i % 10)} for i in range(100)]
+    >>> m = SessionModel(n_estimators=10, seed=0).fit_many(rows)
+    >>> scores, alerts = alerts_many(m, [], model_name="m", model_version="v0001")
+    >>> scores.shape, alerts
+    ((0,), [])
+    """
+    scores = model.score_many([f.features for f in batch])
+    alerts = []
+    for f, score in zip(batch, scores, strict=True):
+        alert = alert_for(
+            f, float(score), model, model_name=model_name, model_version=model_version
+        )
+        if alert is not None:
+            alerts.append(alert)
+    return scores, alerts
+
+
 # ---------------------------------------------------------------------- labels
 
 
@@ -612,4 +642,100 @@ def compare(
         new_alerts=alerts,
         heldout_rows=len(y),
         heldout_positives=positives,
+    )
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What :func:`retrain` did: the new model, how it compares, and the counts behind it."""
+
+    model: SessionModel
+    comparison: Comparison
+    rows: int
+    train_rows: int
+    train_positives: int
+    heldout_rows: int
+    labelled_sessions: int
+    fraud_sessions: int
+
+
+def retrain(
+    features: Sequence[SessionFeatures],
+    labels: Mapping[str, int],
+    current: SessionModel | None,
+    *,
+    model: SessionModel | None = None,
+    heldout_fraction: float = 0.2,
+    split_seed: int = 0,
+    margin: float = 0.01,
+    unlabelled: Literal["legitimate", "unknown"] = "legitimate",
+) -> RetrainOutcome:
+    """Fit a model on the training part of ``features`` and compare it on the held-out part.
+
+    Parameters
+    ----------
+    features
+        One record per session (the latest, when a session was republished).
+    labels
+        Session id -> 1 fraud / 0 legitimate (:func:`session_labels`).
+    current
+        The model in service, or None.
+    model
+        The unfitted model to train (default: ``SessionModel()``).
+    heldout_fraction, split_seed
+        The split (:func:`is_heldout`); keep them fixed across retrains so that no model is
+        judged on sessions it trained on.
+    margin
+        How much higher the held-out AP must be (:func:`compare`).
+    unlabelled
+        ``"legitimate"``: sessions without a label count as legitimate (simulator ground
+        truth is complete; in production nearly every unlabelled session is honest).
+        ``"unknown"``: only labelled sessions train the supervised part and are evaluated.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2024, 5, 6, tzinfo=UTC)
+    >>> fs = [SessionFeatures(event_id=f"e{i}", event_time=t, source="x", session_id=f"s{i}",
+    ...       station_id="CP1", features={"a": float(i % 10) if i % 50 else 99.0})
+    ...       for i in range(500)]
+    >>> labels = {f"s{i}": 1 for i in range(0, 500, 50)}
+    >>> out = retrain(fs, labels, None, model=SessionModel(n_estimators=20))
+    >>> out.train_rows + out.heldout_rows, out.fraud_sessions, out.comparison.better
+    (500, 10, True)
+    """
+    if not features:
+        raise ValueError("no session features to train on")
+    model = model if model is not None else SessionModel()
+    default = 0 if unlabelled == "legitimate" else None
+    train, held = [], []
+    for f in features:
+        (
+            held if is_heldout(f.session_id, fraction=heldout_fraction, seed=split_seed) else train
+        ).append(f)
+    if not train:
+        raise ValueError(f"all {len(features)} sessions are held out; lower heldout_fraction")
+    train_labels = [labels.get(f.session_id, default) for f in train]
+    model.fit_many(
+        [f.features for f in train],
+        train_labels,
+        model_input_version=max(f.model_input_version for f in train),
+    )
+    judged = [(f, labels.get(f.session_id, default)) for f in held]
+    judged = [(f, y) for f, y in judged if y is not None]
+    comparison = compare(
+        model,
+        current,
+        [f.features for f, _ in judged],
+        [int(y) for _, y in judged],
+        margin=margin,
+    )
+    present = {f.session_id for f in features}
+    return RetrainOutcome(
+        model=model,
+        comparison=comparison,
+        rows=len(features),
+        train_rows=len(train),
+        train_positives=sum(y == 1 for y in train_labels),
+        heldout_rows=len(held),
+        labelled_sessions=sum(s in present for s in labels),
+        fraud_sessions=sum(v == 1 and s in present for s, v in labels.items()),
     )
