@@ -156,13 +156,14 @@ class ModelRegistry:
         current = self.current(model_name)
         data = dumps(model)
         digest = sha256_hex(data)
+        taken: list[str] = []
         for _ in range(100):
-            version = next_version(self.versions(model_name))
+            version = next_version([*self.versions(model_name), *taken])
             try:
                 _write_atomic(folder / f"{version}{ARTIFACT_SUFFIX}", data, exclusive=True)
                 break
             except FileExistsError:
-                continue  # somebody else took that number: the next one
+                taken.append(version)  # somebody else took that number: the next one
         else:  # pragma: no cover - 100 concurrent publishers
             raise RuntimeError(f"{folder}: no free version number after 100 attempts")
         update = make_update(
