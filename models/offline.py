@@ -224,6 +224,8 @@ class SessionModel:
             raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
         started = time.perf_counter()
         names = tuple(sorted(feature_names or {k for r in rows for k in r}))
+        if not names:
+            raise ValueError("fit_many needs at least one feature")
         self.feature_names = names
         if model_input_version is not None:
             self.model_input_version = model_input_version

@@ -155,16 +155,21 @@ def read_alert_files(paths: Iterable[Path], inputs: RetrainInputs | None = None)
 # --------------------------------------------------------------------------- Kafka
 
 
-def read_kafka_inputs(settings: Settings, *, timeout_s: float = 120.0) -> RetrainInputs:
+def read_kafka_inputs(
+    settings: Settings, *, timeout_s: float = 120.0, sim_labels: bool = False
+) -> RetrainInputs:
     """Session features, alert labels and fraud alerts from their topics, to their end.
 
-    Records that do not decode are logged and counted in ``skipped``.
+    ``sim_labels`` also reads the simulator's ground truth topic (a simulated fleet sent to
+    Kafka with ``voltguard simulate --bootstrap-servers``). Records that do not decode are
+    logged and counted in ``skipped``.
     """
     inputs = RetrainInputs()
-    features_topic, labels_topic, alerts_topic = (
+    features_topic, labels_topic, alerts_topic, sim_topic = (
         topic("session_features"),
         topic("alert_labels"),
         topic("fraud_alerts"),
+        topic("sim_labels"),
     )
 
     def on_message(msg: Message) -> None:
@@ -181,15 +186,16 @@ def read_kafka_inputs(settings: Settings, *, timeout_s: float = 120.0) -> Retrai
                 inputs.alert_labels[label.alert_id] = label
             elif name == alerts_topic:
                 inputs.add_alert(decode(value, FraudAlert))
+            elif name == sim_topic:
+                inputs.sim_labels.append(decode(value, SimLabel))
         except RecordDecodeError as exc:
             log.warning("%s[%d]@%d skipped: %s", name, msg.partition(), msg.offset(), exc)
             inputs.skipped += 1
 
     consumer = assign_consumer(settings, "retrain")
     try:
-        read_to_end(
-            consumer, [features_topic, labels_topic, alerts_topic], on_message, timeout_s=timeout_s
-        )
+        names = [features_topic, labels_topic, alerts_topic] + ([sim_topic] if sim_labels else [])
+        read_to_end(consumer, names, on_message, timeout_s=timeout_s)
     finally:
         consumer.close()
     return inputs

@@ -63,6 +63,14 @@ def _settings(bootstrap_servers: str | None) -> Settings:
     "about, to find their sessions; repeatable. Only with --features.",
 )
 @click.option(
+    "--kafka-sim-labels",
+    is_flag=True,
+    envvar="VOLTGUARD_RETRAIN_KAFKA_SIM_LABELS",
+    show_envvar=True,
+    help="With Kafka inputs, also read the simulator's ground-truth labels topic "
+    "(a simulated fleet sent with `voltguard simulate --bootstrap-servers`).",
+)
+@click.option(
     "--registry",
     "registry_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -240,6 +248,7 @@ def retrain(
     feature_files: tuple[Path, ...],
     label_files: tuple[Path, ...],
     alert_files: tuple[Path, ...],
+    kafka_sim_labels: bool,
     registry_dir: Path,
     model_name: str,
     kind: str,
@@ -279,6 +288,8 @@ def retrain(
 
     if not feature_files and (label_files or alert_files):
         raise click.UsageError("--labels and --alerts go with --features (file inputs)")
+    if feature_files and kafka_sim_labels:
+        raise click.UsageError("--kafka-sim-labels goes with Kafka inputs (no --features)")
     try:
         from models.registry import check_name
 
@@ -293,7 +304,9 @@ def retrain(
             read_alert_files(alert_files, inputs)
         else:
             assert settings is not None
-            inputs = read_kafka_inputs(settings, timeout_s=kafka_timeout_s)
+            inputs = read_kafka_inputs(
+                settings, timeout_s=kafka_timeout_s, sim_labels=kafka_sim_labels
+            )
     except InputError as exc:
         raise click.ClickException(str(exc)) from None
     except (RuntimeError, TimeoutError) as exc:

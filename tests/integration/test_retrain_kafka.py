@@ -31,10 +31,11 @@ from tests.retrain_data import synthetic_sessions, write_files
 from topics.catalog import CATALOG
 from topics.codec import decode, encode
 from topics.records import AlertLabel, FraudAlert, ModelUpdate
+from topics.simulation.faults import SimLabel
 
 pytestmark = pytest.mark.kafka
 
-SHORTS = ("model_updates", "session_features", "alert_labels", "fraud_alerts")
+SHORTS = ("model_updates", "session_features", "alert_labels", "fraud_alerts", "sim_labels")
 SMALL = ["--n-estimators", "30", "--max-samples", "256"]
 
 
@@ -131,11 +132,17 @@ def test_retrain_reads_features_labels_and_alerts_from_kafka(
 ) -> None:
     features, labels = synthetic_sessions(600, seed=22)
     at = features[0].event_time
+    by_analysts, by_simulator = sorted(labels)[::2], sorted(labels)[1::2]
     alerts = [
         FraudAlert(event_id=f"e-{sid}", event_time=at, source="rules", alert_id=f"a-{sid}",
                    kind="k", severity="warning", score=1.0, subject_type="session",
                    subject_id=sid, session_id=sid, explanation="x", detector="rules")
-        for sid in labels
+        for sid in by_analysts
+    ]  # fmt: skip
+    truth = [
+        SimLabel(event_id=f"t-{sid}", event_time=at, source="sim", kind="k",
+                 subject_type="session", subject_id=sid, session_id=sid)
+        for sid in by_simulator
     ]  # fmt: skip
     verdicts = [
         AlertLabel(event_id=f"l-{a.alert_id}", event_time=at, source="api",
@@ -149,8 +156,13 @@ def test_retrain_reads_features_labels_and_alerts_from_kafka(
     produce_all(
         kafka_bootstrap, "alert_labels", [(v.alert_id.encode(), encode(v)) for v in verdicts]
     )
+    produce_all(kafka_bootstrap, "sim_labels", [(t.subject_id.encode(), encode(t)) for t in truth])
 
-    out = retrain(kafka_bootstrap, tmp_path / "registry", "--model", "iforest")
+    analysts_only = retrain(kafka_bootstrap, tmp_path / "registry", "--dry-run")
+    assert analysts_only["fraud_sessions"] == len(by_analysts) < len(labels)
+    out = retrain(
+        kafka_bootstrap, tmp_path / "registry", "--model", "iforest", "--kafka-sim-labels"
+    )
     assert out["rows"] == len(features)
     assert out["fraud_sessions"] == out["labelled_sessions"] == len(labels)
     assert out["decision"] == "published v0001"
