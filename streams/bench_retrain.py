@@ -33,19 +33,23 @@ MODELS: dict[str, dict[str, Any]] = {
 def _scoring(model: SessionModel, rows: list[dict[str, float]], batch: int) -> dict[str, float]:
     rows = (rows * (batch // len(rows) + 1))[:batch]
     model.score_many(rows)  # warm
-    runs = []
+    runs, cpu = [], []
     for _ in range(5):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         model.score_many(rows)
         runs.append((time.perf_counter() - started) / batch * 1e6)
+        cpu.append((time.process_time() - started_cpu) / batch * 1e6)
     one = rows[:200]
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for x in one:
         model.score_one(x)
     per_row = (time.perf_counter() - started) / len(one) * 1e6
+    per_row_cpu = (time.process_time() - started_cpu) / len(one) * 1e6
     return {
         f"batch_{batch}_us_per_row": round(statistics.median(runs), 2),
+        f"batch_{batch}_cpu_us_per_row": round(statistics.median(cpu), 2),
         "row_by_row_us_per_row": round(per_row, 1),
+        "row_by_row_cpu_us_per_row": round(per_row_cpu, 1),
         "speedup": round(per_row / statistics.median(runs), 1),
     }
 
@@ -74,10 +78,12 @@ def main(
         "models": {},
     }
     for name, params in MODELS.items():
-        aps, fits = [], []
+        aps, fits, cpus = [], [], []
         last = None
         for seed in range(splits):
+            started_cpu = time.process_time()
             out = retrain(features, labels, None, model=SessionModel(**params), split_seed=seed)
+            cpus.append(time.process_time() - started_cpu)
             aps.append(out.comparison.new_ap)
             fits.append(out.model.fit_seconds)
             last = out
@@ -86,6 +92,7 @@ def main(
             "heldout_ap_mean": round(statistics.mean(aps), 3),
             "heldout_ap_per_split": [round(a, 3) for a in aps],
             "fit_s_median": round(statistics.median(fits), 3),
+            "fit_and_evaluate_cpu_s_median": round(statistics.median(cpus), 3),
             "train_rows": last.train_rows,
             "heldout_positives": last.comparison.heldout_positives,
             "precision_at_threshold": round(last.comparison.new_precision, 3),
