@@ -331,6 +331,7 @@ def _register_optional_commands() -> None:
     main.add_command(stations_group)
     main.add_command(tariffs_group)
     main.add_command(replay)
+    main.add_command(__import__("streams.commands.retrain", fromlist=["retrain"]).retrain)
 
 
 _register_optional_commands()

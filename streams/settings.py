@@ -150,6 +150,13 @@ class Settings:
     """Port of /metrics (0: none). Env: VOLTGUARD_METRICS_PORT."""
     metrics_addr: str = "127.0.0.1"
     """Address /metrics listens on (0.0.0.0 in a container). Env: VOLTGUARD_METRICS_ADDR."""
+    model_registry: str = "./model-registry"
+    """Root directory of the model registry (versioned model files); every worker that
+    scores with a model needs the same tree, e.g. a shared volume. Env:
+    VOLTGUARD_MODEL_REGISTRY."""
+    model_name: str = "session-anomaly"
+    """Registry name of the session anomaly model that ``voltguard retrain`` publishes and
+    the detection stage loads. Env: VOLTGUARD_MODEL_NAME."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
