@@ -107,6 +107,9 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
     featured: tuple[int, int] = (0, 0)
     """``(seq_repeats, payment events)`` when the session's features were last published."""
 
+    last_event_ms: int = _NEVER
+    next_due_ms: int | None = None
+
     def featured_payments(self, sample_retention_s: int) -> list[PaymentRecord]:
         """The payments a session's features include: those whose event time is within the
         sample retention after the session's end. Decided on event time, not on whether the
@@ -118,8 +121,6 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
             return self.payments
         horizon = s.ended_ms + sample_retention_s * 1000
         return [p for p in self.payments if p.at_ms <= horizon]
-    last_event_ms: int = _NEVER
-    next_due_ms: int | None = None
 
 
 @dataclass(slots=True)

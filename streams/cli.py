@@ -189,8 +189,16 @@ def worker(
             loop = IngestLoop(settings)
         elif stage == "detection":
             from streams.detection import DetectionLoop
+            from streams.model_follower import ModelFollower, ModelHolder
+            from streams.registry import ModelRegistry
 
-            loop = DetectionLoop(settings)
+            holder = ModelHolder()
+            follower = ModelFollower(
+                settings, ModelRegistry(settings.model_registry), holder,
+                model_name=settings.model_name,
+            )  # fmt: skip
+            follower.start()
+            loop = DetectionLoop(settings, model=holder.current)
         else:
             from streams.billing import BillingLoop
             from streams.reference import ReferenceFollower, read_reference

@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from confluent_kafka import Message
@@ -170,6 +170,10 @@ class DetectionProcessor:
         partition of a re-keyed record with it, as the producer's partitioner does.
     partition_for
         ``(key, partitions) -> partition`` (librdkafka's CRC32 partitioner).
+    model
+        Returns the offline model in service (a
+        :class:`~streams.model_follower.LoadedModel`) or None; asked once per batch, and
+        the batch's newly seen sessions are scored in one ``score_many`` call.
     """
 
     def __init__(
@@ -177,8 +181,10 @@ class DetectionProcessor:
         *,
         config: RuleConfig | None = None,
         partition_for: Callable[[bytes, int], int],
+        model: Callable[[], Any] | None = None,
         stage: str = "detection",
     ) -> None:
+        self.model = model
         self.config = config or RuleConfig()
         self.partition_for = partition_for
         self.stage = stage
@@ -209,6 +215,7 @@ class DetectionProcessor:
         """Handle a batch of ``(topic, partition, offset, key, value)``."""
         batch = DetectionBatch()
         changed: dict[tuple[int, bytes], object] = {}
+        self._to_score: list[tuple[StationMemory, SessionFeatures]] = []
         for source_topic, partition, offset, key, value in messages:
             short = self._topics.get(source_topic, source_topic)
             try:
@@ -233,6 +240,8 @@ class DetectionProcessor:
                     now=now,
                 )
             batch.counts[(short, outcome)] += 1
+        if self._to_score:
+            self._score_offline(batch)
         for (partition, key), state in changed.items():
             batch.outputs.append(Output(self.changelog_topic, key, _state_encode(state), partition))
         return batch
@@ -347,8 +356,27 @@ class DetectionProcessor:
             if alert.alert_id not in memory.alerted:
                 memory.alerted[alert.alert_id] = at
                 fresh.append(alert)
-        memory.scored.setdefault(f.session_id, at)
+        if f.session_id not in memory.scored:
+            memory.scored[f.session_id] = at
+            if self.model is not None:
+                merged = {**f.features, **keyed.token_features}
+                self._to_score.append((memory, msgspec.structs.replace(f, features=merged)))
         memory.prune()
+        self._publish(batch, fresh)
+
+    def _score_offline(self, batch: DetectionBatch) -> None:
+        """The batch's new sessions through the offline model in service, in one call."""
+        loaded = self.model() if self.model is not None else None
+        if loaded is None:
+            return
+        memories = {f.session_id: m for m, f in self._to_score}
+        _, alerts = loaded.score_batch([f for _, f in self._to_score])
+        fresh = []
+        for alert in alerts:
+            memory = memories.get(alert.session_id or "")
+            if memory is not None and alert.alert_id not in memory.alerted:
+                memory.alerted[alert.alert_id] = _ms(alert.event_time)
+                fresh.append(alert)
         self._publish(batch, fresh)
 
     # ---------------------------------------------------------------- helpers
@@ -513,12 +541,18 @@ def DetectionLoop(
     settings: Settings,
     *,
     config: RuleConfig | None = None,
+    model: Callable[[], Any] | None = None,
     on_batch: Callable[[DetectionBatch], None] | None = None,
 ) -> TransactionalLoop:
-    """The detection worker: :class:`DetectionStage` in a :class:`TransactionalLoop`."""
+    """The detection worker: :class:`DetectionStage` in a :class:`TransactionalLoop`.
+
+    ``model`` is usually ``ModelHolder.current`` of a running
+    :class:`~streams.model_follower.ModelFollower` (new versions are picked up without a
+    restart); None scores with the rules and online detectors only.
+    """
     from streams.replay import partition_for
 
-    processor = DetectionProcessor(config=config, partition_for=partition_for)
+    processor = DetectionProcessor(config=config, partition_for=partition_for, model=model)
     group = settings.detection_group_id
     stage = DetectionStage(
         processor,

@@ -187,3 +187,45 @@ def test_features_are_rekeyed_by_token_then_station() -> None:
     assert [a.kind for a in third.alerts] == ["meter_rollback"]
     states = [o for o in third.outputs if o.topic == p.changelog_topic]
     assert [(o.key, o.partition) for o in states] == [(b"station:CP9", 1)]
+
+
+def test_the_model_in_service_scores_new_sessions_once_per_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Offline model: one score_many call per batch over the batch's new sessions, its
+    alerts published once (republished features are not scored again), and a version
+    swapped in between batches is used from the next batch on."""
+    from models.offline import SessionModel
+    from streams.model_follower import LoadedModel, ModelHolder
+    from streams.registry import ModelRegistry
+    from tests.retrain_data import synthetic_sessions
+
+    sessions, _ = synthetic_sessions(600, seed=3, fraud_share=0.05)
+    registry = ModelRegistry(tmp_path)
+    update = registry.publish(
+        SessionModel(seed=1).fit_many([f.features for f in sessions[:400]]),
+        model_name="session-anomaly", metrics={}, now=NOW,
+    )  # fmt: skip
+    loaded = LoadedModel(model=registry.load(update), update=update)
+    calls: list[int] = []
+    real = loaded.score_batch
+
+    class Counting:
+        version = loaded.version
+
+        def score_batch(self, batch):  # type: ignore[no-untyped-def]
+            calls.append(len(batch))
+            return real(batch)
+
+    holder = ModelHolder()
+    processor = DetectionProcessor(partition_for=partition_for, model=lambda: holder.current())
+    run = InMemoryDetection(processor)
+    sample = [(topic("session_features"), 0, f.session_id.encode(), encode(f)) for f in sessions]
+    run.feed(sample[:100], now=NOW)
+    assert calls == []  # no model in service yet: rules only
+    assert not any(a.detector.startswith("sklearn") for a in run.alerts.values())
+    holder.swap(Counting())  # type: ignore[arg-type]
+    run.feed(sample[100:], now=NOW)
+    anomalies = [a for a in run.alerts.values() if a.detector.startswith("sklearn")]
+    assert anomalies and all(a.model_version == "v0001" for a in anomalies)
+    assert sum(calls) == 500 and len(calls) == 1  # the feed's station round: one call
+    assert run.feed(sample, now=NOW) == []  # seen before: neither scored nor alerted again
+    assert sum(calls) == 500
