@@ -330,6 +330,7 @@ def _register_optional_commands() -> None:
     from streams.commands.kafka import kafka_group
     from streams.commands.reference import stations_group, tariffs_group
     from streams.commands.replay import replay
+    from streams.commands.retrain import retrain
     from streams.commands.simulate import simulate
 
     main.add_command(kafka_group)
@@ -339,7 +340,7 @@ def _register_optional_commands() -> None:
     main.add_command(stations_group)
     main.add_command(tariffs_group)
     main.add_command(replay)
-    main.add_command(__import__("streams.commands.retrain", fromlist=["retrain"]).retrain)
+    main.add_command(retrain)
 
 
 _register_optional_commands()
