@@ -326,6 +326,7 @@ def _register_optional_commands() -> None:
     main.add_command(stations_group)
     main.add_command(tariffs_group)
     main.add_command(replay)
+    main.add_command(__import__("streams.commands.evaluate", fromlist=["_"]).evaluate_command)
 
 
 _register_optional_commands()
