@@ -39,6 +39,7 @@ from topics.records import FraudAlert, ReconciliationResult
 from topics.simulation.faults import SimLabel
 
 __all__ = [
+    "ANOMALY_ALERT",
     "OUTCOME_KINDS",
     "SCORED_ALERT_KINDS",
     "Detection",
@@ -176,8 +177,21 @@ def _about(label: SimLabel) -> tuple[set[str], set[str]]:
     return sessions, events
 
 
+ANOMALY_ALERT: Final = "anomaly"
+"""The kind of the online detectors' alerts: it names no fault, so it matches a label of
+any anomaly kind (``anomaly:...``), and recall of those kinds counts it."""
+
+
+def _same_kind(detected: str, labelled: str) -> bool:
+    return detected == labelled or (
+        detected == ANOMALY_ALERT and labelled.startswith(ANOMALY_ALERT + ":")
+    )
+
+
 def _matches(d: Detection, label: SimLabel, *, implied: bool = False) -> bool:
-    if d.kind != label.kind and not (implied and d.kind in IMPLIED.get(label.kind, ())):
+    if not _same_kind(d.kind, label.kind) and not (
+        implied and d.kind in IMPLIED.get(label.kind, ())
+    ):
         return False
     sessions, events = _about(label)
     return (
@@ -198,7 +212,10 @@ def evaluate(found: Sequence[Detection], labels: Sequence[SimLabel], *, sessions
     for lab in faults:
         score = kinds.setdefault(lab.kind, KindScore())
         score.labels += 1
-        hits = [d for d in by_kind.get(lab.kind, []) if _matches(d, lab)]
+        candidates = by_kind.get(lab.kind, [])
+        if lab.kind.startswith(ANOMALY_ALERT + ":"):
+            candidates = candidates + by_kind.get(ANOMALY_ALERT, [])
+        hits = [d for d in candidates if _matches(d, lab)]
         if hits:
             score.labels_found += 1
             score.delays_s.append(max(0.0, min(d.at_s for d in hits) - lab.event_time.timestamp()))
@@ -208,6 +225,8 @@ def evaluate(found: Sequence[Detection], labels: Sequence[SimLabel], *, sessions
     implying = [lab for lab in faults if lab.kind in IMPLIED]
     for kind, ds in by_kind.items():
         labs = faults_by_kind.get(kind, []) + implying
+        if kind == ANOMALY_ALERT:
+            labs = [lab for lab in faults if _same_kind(kind, lab.kind)]
         kinds[kind].detections_right = sum(
             1 for d in ds if any(_matches(d, lab, implied=True) for lab in labs)
         )
@@ -309,7 +328,10 @@ def average_precision(
 
 @dataclass(frozen=True, slots=True)
 class SessionScore:
-    """One scored session of an online detector (a line of the replay's scores.jsonl)."""
+    """One score of one session (from a line of the replay's scores.jsonl).
+
+    ``detector`` names the score: the line's overall score, or one of its parts.
+    """
 
     session_id: str
     detector: str
@@ -342,8 +364,9 @@ def score_curves(
     negatives the scored sessions no fault label mentions; others are left out.
 
     A session scored more than once (its features were republished) counts once, with its
-    highest score, and is flagged at the deployed threshold when any of its scores was at
-    least the threshold it was scored against.
+    highest score, and is flagged at the deployed threshold when any of its scores was above
+    the threshold it was scored against (as the online detector alerts); a line without a
+    threshold (the detector still warming up) flags nothing.
 
     >>> from datetime import UTC, datetime
     >>> lab = SimLabel(event_id="l", event_time=datetime(2024, 1, 1, tzinfo=UTC), source="x",
@@ -356,10 +379,13 @@ def score_curves(
     """
     best: dict[tuple[str, str], float] = {}
     flagged: dict[tuple[str, str], bool] = {}
+    thresholded: set[str] = set()
     for s in scores:
+        if s.threshold is not None:
+            thresholded.add(s.detector)
         key = (s.detector, s.session_id)
         best[key] = max(best.get(key, s.score), s.score)
-        hit = s.threshold is not None and s.score >= s.threshold
+        hit = s.threshold is not None and s.score > s.threshold
         flagged[key] = flagged.get(key, False) or hit
     faulty = {sid for lab in labels if not lab.honest for sid in _about(lab)[0]}
     out: list[PRCurve] = []
@@ -374,12 +400,13 @@ def score_curves(
             marked = [k for k in chosen if flagged[k]]
             tp = sum(k[1] in positive for k in marked)
             n_pos = sum(truth)
+            deployed = detector in thresholded
             out.append(
                 PRCurve(
                     kind, detector, n_pos, len(chosen) - n_pos, tuple(p), tuple(r), tuple(t),
                     average_precision(values, truth),
                     tp / len(marked) if marked else None,
-                    tp / n_pos if n_pos else None,
+                    tp / n_pos if n_pos and deployed else None,
                 )
             )  # fmt: skip
     return out

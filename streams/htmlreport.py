@@ -60,7 +60,7 @@ def _table(head: list[str], rows: list[list[str]], numeric_from: int = 1) -> str
 
 def _pr_svg(curve: dict[str, Any], colour: str) -> str:
     """One precision-recall step curve (recall on x, precision on y), 0..1 both."""
-    w, h, pad = 320, 260, 36
+    w, h, pad = 350, 260, 36
     iw, ih = w - 2 * pad, h - 2 * pad
 
     def xy(r: float, p: float) -> str:
@@ -83,9 +83,11 @@ def _pr_svg(curve: dict[str, Any], colour: str) -> str:
         and curve.get("recall_at_threshold") is not None
     ):
         cx, cy = xy(curve["recall_at_threshold"], curve["precision_at_threshold"]).split(",")
+        left = curve["recall_at_threshold"] > 0.6  # keep the label inside the plot
         marker = (
             f'<circle cx="{cx}" cy="{cy}" r="5" fill="none" stroke="#000" stroke-width="1.5"/>'
-            f'<text x="{float(cx) + 7:.1f}" y="{float(cy) - 6:.1f}">deployed threshold</text>'
+            f'<text x="{float(cx) + (-7 if left else 7):.1f}" y="{float(cy) + 16:.1f}" '
+            f'text-anchor="{"end" if left else "start"}">deployed threshold</text>'
         )
     title = f"{curve['kind']} · {curve['scorer']}"
     ap = _num(curve.get("average_precision"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 import msgspec
@@ -37,8 +37,12 @@ __all__ = ["evaluate_command", "evaluation_summary", "load_run"]
 class _ScoreLine(msgspec.Struct):
     session_id: str
     score: float
-    detector: str = "online"
     threshold: float | None = None
+    parts: dict[str, float] = {}
+
+
+OVERALL: Final = "online score"
+"""The name of a scores.jsonl line's own score (its parts keep their names)."""
 
 
 class BadInput(click.ClickException):
@@ -95,10 +99,13 @@ def load_run(
     scores_path = run_dir / "scores.jsonl"
     scores = None
     if scores_path.is_file():
-        scores = [
-            SessionScore(s.session_id, s.detector, s.score, s.threshold)
-            for s in _read(scores_path, _ScoreLine)
-        ]
+        scores = []
+        for line in _read(scores_path, _ScoreLine):
+            scores.append(SessionScore(line.session_id, OVERALL, line.score, line.threshold))
+            scores += [
+                SessionScore(line.session_id, f"part {name}", value)
+                for name, value in line.parts.items()
+            ]
     return alerts, results, sessions, scores, labels
 
 
@@ -214,12 +221,12 @@ def _text(summary: dict[str, Any]) -> list[str]:
     curves = summary["curves"]
     if curves:
         out.append(
-            f"  {'kind':<32} {'scorer':<16} {'pos':>5} {'neg':>6} {'PR-AUC':>7} "
+            f"  {'kind':<32} {'scorer':<24} {'pos':>5} {'neg':>6} {'PR-AUC':>7} "
             f"{'P@thr':>6} {'R@thr':>6}"
         )
     for c in curves:
         out.append(
-            f"  {c['kind']:<32} {c['scorer']:<16} {c['positives']:>5} {c['negatives']:>6} "
+            f"  {c['kind']:<32} {c['scorer']:<24} {c['positives']:>5} {c['negatives']:>6} "
             f"{_fmt(c['average_precision']):>7} {_fmt(c['precision_at_threshold']):>6} "
             f"{_fmt(c['recall_at_threshold']):>6}"
         )

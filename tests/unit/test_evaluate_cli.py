@@ -61,7 +61,8 @@ def _scores(run: Path) -> None:
         "".join(
             json.dumps({"session_id": s, "station_id": "CP1", "token_hash": None,
                         "event_time": "2024-05-06T00:00:00Z", "score": v, "threshold": 0.8,
-                        "detector": "hst", "model_version": "v1", "parts": {}}) + "\n"
+                        "detector": "hst", "model_version": "v1",
+                        "parts": {"hst": v, "baseline": 1 - v}}) + "\n"
             for s, v in rows
         )
     )  # fmt: skip
@@ -83,12 +84,16 @@ def test_json_with_scores_gives_the_anomaly_pr_auc(run_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     curves = {(c["kind"], c["scorer"]): c for c in summary["curves"]}
-    hours = curves[("anomaly:unusual_hours", "hst")]
+    hours = curves[("anomaly:unusual_hours", "online score")]
     # u1 (0.9) ranks below c2 (0.95); negatives c1, c2, h1 (s1 is another fault's session)
     assert (hours["positives"], hours["negatives"]) == (1, 3)
     assert hours["average_precision"] == pytest.approx(0.5)
     assert hours["precision_at_threshold"] == pytest.approx(0.5)
     assert hours["recall_at_threshold"] == 1.0
+    # each part of the score gets its own curve, without a deployed threshold
+    baseline = curves[("anomaly:unusual_hours", "part baseline")]
+    assert baseline["average_precision"] == pytest.approx(1 / 3)  # u1 ranks third of 4
+    assert baseline["precision_at_threshold"] is None
     assert curves[("energy_above_capability", "alert score")]["average_precision"] == (
         pytest.approx(2 / 3)
     )

@@ -106,3 +106,18 @@ def test_evaluate_counts_flagged_honest_oddities() -> None:
     report = evaluate(found, labels, sessions=10)
     assert report.honest_flagged == {"honest:late_events": 1}
     assert report.clean_sessions_flagged == 0  # a labelled session is not "clean"
+
+
+def test_an_online_anomaly_alert_matches_any_anomaly_kind() -> None:
+    labels = [_label("anomaly:energy_inflation", "a"), _label("anomaly:unusual_hours", "b"),
+              _label("meter_reset", "m")]  # fmt: skip
+    found = [
+        Detection("anomaly", ("a",), "a", (), 60.0, 0.9),
+        Detection("anomaly", ("m",), "m", (), 60.0, 0.8),  # a fault, but not an anomaly kind
+        Detection("anomaly", ("c",), "c", (), 60.0, 0.7),  # a clean session
+    ]
+    report = evaluate(found, labels, sessions=10)
+    assert report.kinds["anomaly:energy_inflation"].recall == 1.0
+    assert report.kinds["anomaly:unusual_hours"].recall == 0.0
+    assert report.kinds["anomaly"].precision == pytest.approx(1 / 3)
+    assert report.clean_sessions_flagged == 1 and report.false_positive_kinds == {"anomaly": 1}
