@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-simulate kafka-up kafka-down clean
+.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-simulate kafka-up kafka-down clean backtest-real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,8 @@ clean:
 ## bench-simulate: simulator throughput to JSONL files (20,000 sessions, ~6 M events, ~3.6 GB in a temp dir)
 bench-simulate: setup
 	d=$$(mktemp -d) && VOLTGUARD_HASH_SECRET=bench $(BIN)/voltguard simulate --sessions 20000 --seed 7 --out $$d --no-progress; rm -rf $$d
+
+## backtest-real: import the public session exports in DATA (one folder per dataset), replay them with the fraud rules, print alert rates and reasons
+DATA ?= ../shared/data/real-sessions
+backtest-real: setup
+	$(BIN)/python -m streams.realcheck $(DATA) --max-alert-rate 0.01

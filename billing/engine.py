@@ -403,7 +403,9 @@ class BillingEngine:
         if bill is None:
             summary = BillSummary(stable_id("unrated", case.key, problem), 0, "XXX", problem)
             case.bill = summary  # the verdict reports it as "unrated"
-            return []
+            # Detection must still see the session: a station or tariff missing from the
+            # reference data must not hide its meter or token from the fraud rules.
+            return [Emit("session_features", case.key, None, msgspec.structs.replace(s))]
         summary = BillSummary(bill.event_id, bill.total_minor, bill.currency)
         if case.bill is not None and case.bill.event_id == bill.event_id:
             return []

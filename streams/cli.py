@@ -334,6 +334,7 @@ def _register_optional_commands() -> None:
     from streams.commands.simulate import simulate
 
     main.add_command(kafka_group)
+    main.add_command(__import__("streams.commands.evaluate", fromlist=["_"]).evaluate_command)
     main.add_command(import_sessions)
     main.add_command(demo)
     main.add_command(simulate)

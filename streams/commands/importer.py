@@ -62,6 +62,30 @@ class _Sink(Protocol):
     def close(self) -> None: ...
 
 
+class _TimeOrderedSink:
+    """Holds the events until the end, then passes them on in event-time order.
+
+    Exports are in no particular order (Dundee's are newest first), while the ingest
+    clock, the billing watermark and a token's recent history all expect time order:
+    replayed newest first, a token's older sessions are compared with nothing and the
+    clone rule misses them. The sort is stable, so a session's own events keep their order.
+    """
+
+    def __init__(self, inner: _Sink) -> None:
+        self._inner = inner
+        self._held: list[SessionEvent | MeterReading] = []
+
+    def write(self, record: SessionEvent | MeterReading) -> None:
+        self._held.append(record)
+
+    def close(self) -> None:
+        self._held.sort(key=lambda r: r.event_time)
+        for record in self._held:
+            self._inner.write(record)
+        self._held = []
+        self._inner.close()
+
+
 class _JsonlSink:
     """One ``{"topic", "key", "value"}`` line per event (the format ``voltguard send`` reads)."""
 
@@ -287,6 +311,16 @@ def _error_line(path: Path, error: RowError) -> bytes:
     show_envvar=True,
     help="How many rejection reasons the summary lists.",
 )
+@click.option(
+    "--order",
+    type=click.Choice(["time", "file"]),
+    default="time",
+    show_default=True,
+    envvar="VOLTGUARD_IMPORT_ORDER",
+    show_envvar=True,
+    help="time: write the events of all files sorted by event time (held in memory until "
+    "the end), as the ingest and `voltguard replay` expect; file: as the rows come.",
+)
 @click.pass_context
 def import_sessions(
     ctx: click.Context,
@@ -298,6 +332,7 @@ def import_sessions(
     errors_path: Path | None,
     limit: int | None,
     top_reasons: int,
+    order: str,
 ) -> None:
     """Import CSV session exports (one row per charging session) as canonical events.
 
@@ -327,6 +362,8 @@ def import_sessions(
             sink = _JsonlSink(stack.enter_context(out.open("wb")))
         else:
             sink = _kafka_sink(bootstrap_servers)
+        if order == "time":
+            sink = _TimeOrderedSink(sink)
         stack.callback(sink.close)  # flush what was sent, also when a file fails half-way
         errors = stack.enter_context(errors_path.open("wb")) if errors_path else None
         budget = limit
