@@ -39,7 +39,6 @@ import click
 import msgspec
 import orjson
 
-from models.detect import Detector
 from streams.replay import Line, Replay
 from topics.adapters.csv_sessions import (
     ImportedSession,
@@ -230,11 +229,11 @@ def check_files(
     ]
     # The exports are in no particular time order; the replay (like the worker) wants it.
     events.sort(key=_event_time)
-    run = Replay(hash_secret=hash_secret, detector=Detector()).run([*lines, *events])
+    run = Replay.with_detection(hash_secret=hash_secret).run([*lines, *events])
     check.sessions_featured = len(run.features)
     check.outcomes.update(r.outcome for r in run.results.values())
-    assert run.detector is not None
-    for alert in sorted(run.detector.alerts.values(), key=lambda a: (a.event_time, a.alert_id)):
+    assert run.detection is not None
+    for alert in sorted(run.detection.alerts.values(), key=lambda a: (a.event_time, a.alert_id)):
         check.alert_kinds[alert.kind] += 1
         check.examples.setdefault(alert.kind, alert.explanation)
         if alert.station_id:
