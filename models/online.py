@@ -70,6 +70,9 @@ _FORMAT: Final = 1
 """Version of :meth:`OnlineScorer.to_bytes`' layout (bumped when it changes)."""
 
 _ALGORITHM: Final = 1
+
+_LOG_MASS_WARM_UP: Final = 8
+"""Log-masses averaged before the fleet model's part scores."""
 """Version of the scoring code: part of :attr:`OnlineScorer.model_version`."""
 
 FLEET_LIMITS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
@@ -340,28 +343,29 @@ class FleetHalfSpaceTrees:
 
 
 class RobustBaseline:
-    """Running robust location and scale of a few features; the score is the worst z.
+    """Running median and MAD of a few features over their latest values; the score is the
+    worst z.
 
-    For each feature: the location moves by a Huber step (the residual clipped to
-    ``clip x scale``) with weight ``max(1 / n, alpha)``, and the scale is the running mean
-    of the clipped absolute residuals (so a burst of outliers moves neither much). The first
-    ``warm_up`` values are plain means. A value of exactly 0.0 means "not measurable" (see
-    :data:`models.features.SESSION_FEATURES`) and is skipped, as are missing features.
+    For each feature the baseline keeps the latest ``window`` values (a ring of float32):
+    the location is their median, the scale ``1.4826 x`` their median absolute deviation (the
+    standard deviation for normal data), at least ``min_scale``. Both resist up to half the
+    window being outliers (a meter that inflates a third of its sessions does not become its
+    own baseline). A value of exactly 0.0 means "not measurable" (see
+    :data:`models.features.SESSION_FEATURES`) and is skipped (unless ``zero_is_missing`` is
+    False), as are missing features.
 
-    ``score_one`` is ``z / (z + z_half)`` of the largest ``z = |x - location| / scale``
-    (scale at least ``min_scale``) over the features: in ``[0, 1)``, 0.5 at ``z = z_half``,
-    0 until ``warm_up`` values of a feature were seen.
+    ``score_one`` is ``z / (z + z_half)`` of the largest ``z = |x - location| / scale`` over
+    the features: in ``[0, 1)``, 0.5 at ``z = z_half``, 0 until ``warm_up`` values of a
+    feature were seen.
 
     Parameters
     ----------
     features
         The features followed.
-    alpha
-        Least weight of a new value (about ``1 / alpha`` values of memory).
-    clip
-        Residuals beyond ``clip`` scales count as ``clip`` scales.
+    window
+        Latest values kept per feature.
     min_scale
-        Floor of the scale, in the features' units.
+        Floor of the scale, in the features' units (meters are accurate to about 1 %).
     z_half
         The z that scores 0.5.
     warm_up
@@ -374,32 +378,30 @@ class RobustBaseline:
     Examples
     --------
     >>> b = RobustBaseline(features=("energy_over_power_integral",), warm_up=3)
-    >>> for v in (1.0, 1.01, 0.99, 1.0, 0.0):
+    >>> for v in (1.0, 1.01, 0.99, 1.0, 1.15, 0.0):
     ...     b.learn_one({"energy_over_power_integral": v})
-    >>> round(b.location("energy_over_power_integral"), 3), b.count("energy_over_power_integral")
-    (1.0, 4)
+    >>> b.location("energy_over_power_integral"), b.count("energy_over_power_integral")
+    (1.0, 5)
     >>> round(b.score_one({"energy_over_power_integral": 1.15}), 2)
-    0.79
+    0.72
     """
 
     __slots__ = (
-        "_stats",
-        "alpha",
-        "clip",
+        "_rings",
         "features",
         "min_scale",
         "seed",
         "warm_up",
+        "window",
         "z_half",
         "zero_is_missing",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,
         features: tuple[str, ...] = ("energy_over_power_integral",),
         *,
-        alpha: float = 0.02,
-        clip: float = 3.0,
+        window: int = 32,
         min_scale: float = 0.01,
         z_half: float = 4.0,
         warm_up: int = 8,
@@ -407,50 +409,55 @@ class RobustBaseline:
         seed: int | None = None,
     ) -> None:
         self.features = features
-        self.alpha = alpha
-        self.clip = clip
+        self.window = window
         self.min_scale = min_scale
         self.z_half = z_half
         self.warm_up = warm_up
         self.zero_is_missing = zero_is_missing
         self.seed = seed
-        self._stats: dict[str, list[float]] = {}
-        """feature -> [count, location, scale]."""
+        self._rings: dict[str, tuple[array[float], list[int]]] = {}
+        """feature -> (latest values, [values learnt])."""
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
-        """Move the running location and scale towards ``x``."""
+        """Add the followed features of ``x`` to their windows."""
         for name in self.features:
             value = x.get(name)
             if value is None or (self.zero_is_missing and value == 0.0):
                 continue
-            s = self._stats.get(name)
-            if s is None:
-                self._stats[name] = [1.0, float(value), 0.0]
-                continue
-            n = s[0] + 1.0
-            s[0] = n
-            residual = value - s[1]
-            if n <= self.warm_up:
-                s[1] += residual / n
-                s[2] += (abs(residual) - s[2]) / n
-                continue
-            w = max(1.0 / n, self.alpha)
-            bound = self.clip * max(s[2], self.min_scale)
-            clipped = max(-bound, min(bound, residual))
-            s[1] += w * clipped
-            s[2] += w * (abs(clipped) - s[2])
+            ring = self._rings.get(name)
+            if ring is None:
+                ring = self._rings[name] = (array("f"), [0])
+            values, count = ring
+            if len(values) < self.window:
+                values.append(value)
+            else:
+                values[count[0] % self.window] = value
+            count[0] += 1
+
+    def _stats(self, name: str) -> tuple[float, float] | None:
+        ring = self._rings.get(name)
+        if ring is None:
+            return None
+        ordered = sorted(ring[0])
+        n = len(ordered)
+        mid = n // 2
+        med = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        dev = sorted(abs(v - med) for v in ordered)
+        mad = dev[mid] if n % 2 else (dev[mid - 1] + dev[mid]) / 2
+        return med, max(1.4826 * mad, self.min_scale)
 
     def z_scores(self, x: Mapping[str, Any]) -> dict[str, float]:
         """Signed z of every followed feature of ``x`` that has a baseline (pure)."""
         out = {}
         for name in self.features:
             value = x.get(name)
-            s = self._stats.get(name)
-            if value is None or s is None or s[0] < self.warm_up:
+            if value is None or (self.zero_is_missing and value == 0.0):
                 continue
-            if self.zero_is_missing and value == 0.0:
+            if self.count(name) < self.warm_up:
                 continue
-            out[name] = (value - s[1]) / max(s[2], self.min_scale)
+            stats = self._stats(name)
+            if stats is not None:
+                out[name] = (value - stats[0]) / stats[1]
         return out
 
     def score_one(self, x: Mapping[str, Any]) -> float:
@@ -459,36 +466,40 @@ class RobustBaseline:
         return z / (z + self.z_half)
 
     def location(self, name: str) -> float | None:
-        """Running location of ``name`` (None before its first value)."""
-        s = self._stats.get(name)
-        return None if s is None else s[1]
+        """Median of the latest values of ``name`` (None before its first value)."""
+        stats = self._stats(name)
+        return None if stats is None else round(stats[0], 6)
 
     def scale(self, name: str) -> float | None:
-        """Running scale of ``name`` (None before its first value)."""
-        s = self._stats.get(name)
-        return None if s is None else max(s[2], self.min_scale)
+        """Scale of ``name`` (``1.4826 x MAD``, at least ``min_scale``; None before any)."""
+        stats = self._stats(name)
+        return None if stats is None else round(stats[1], 6)
 
     def count(self, name: str) -> int:
         """Values of ``name`` learnt."""
-        s = self._stats.get(name)
-        return 0 if s is None else int(s[0])
+        ring = self._rings.get(name)
+        return 0 if ring is None else ring[1][0]
 
     def __getstate__(self) -> tuple[Any, ...]:
-        params = (self.features, self.alpha, self.clip, self.min_scale, self.z_half)
-        stats = {k: tuple(v) for k, v in self._stats.items()}
-        return (*params, self.warm_up, self.zero_is_missing, self.seed, stats)
+        params = (self.features, self.window, self.min_scale, self.z_half, self.warm_up)
+        rings = {k: (v.tobytes(), c[0]) for k, (v, c) in self._rings.items()}
+        return (*params, self.zero_is_missing, self.seed, rings)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.features, self.alpha, self.clip, self.min_scale, self.z_half, self.warm_up,
-         self.zero_is_missing, self.seed, stats) = state  # fmt: skip
-        self._stats = {k: list(v) for k, v in stats.items()}
+        (self.features, self.window, self.min_scale, self.z_half, self.warm_up,
+         self.zero_is_missing, self.seed, rings) = state  # fmt: skip
+        self._rings = {}
+        for name, (raw, count) in rings.items():
+            values = array("f")
+            values.frombytes(raw)
+            self._rings[name] = (values, [count])
 
     def __repr__(self) -> str:
-        return f"RobustBaseline(features={self.features!r}, alpha={self.alpha})"
+        return f"RobustBaseline(features={self.features!r}, window={self.window})"
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
-        return {"features": ("a", "b"), "warm_up": 3}
+        return {"features": ("a", "b"), "warm_up": 3, "window": 16}
 
 
 # --------------------------------------------------------------------------- the scorer
@@ -512,11 +523,14 @@ class OnlineConfig:
         Floor of the threshold (a quiet stream must not alert on its own noise).
     meter_features
         What the station and fleet baselines follow.
-    baseline_alpha, baseline_warm_up, z_half
+    baseline_warm_up, z_half
         The baselines' (:class:`RobustBaseline`).
-    hst_z_half
-        The z of the fleet model's log-mass that scores 0.5 (its scale is floored at 3, a
-        factor of 20 in mass, so its z are small).
+    hst_z_half, hst_scale
+        The fleet model's part is ``z / (z + hst_z_half)`` with ``z`` how far the log of its
+        mass lies below the running mean of the log-masses, in units of ``hst_scale`` (3: a
+        factor of 20 in mass).
+    fleet_window, station_window
+        Latest values the fleet's and each station's :class:`RobustBaseline` keep.
     remember_sessions
         Session ids remembered so that a republished session is scored but not learnt twice.
     """
@@ -524,7 +538,7 @@ class OnlineConfig:
     n_trees: int = 10
     height: int = 8
     window_size: int = 128
-    min_reference: int = 32
+    min_reference: int = 16
     seed: int = 7
     fleet_limits: tuple[tuple[str, float, float], ...] = tuple(
         (name, lo, hi) for name, (lo, hi) in FLEET_LIMITS.items()
@@ -533,10 +547,12 @@ class OnlineConfig:
     warm_up: int = 150
     min_threshold: float = 0.55
     meter_features: tuple[str, ...] = ("energy_over_power_integral",)
-    baseline_alpha: float = 0.02
     baseline_warm_up: int = 8
     z_half: float = 4.0
     hst_z_half: float = 1.0
+    hst_scale: float = 3.0
+    fleet_window: int = 128
+    station_window: int = 32
     remember_sessions: int = 512
 
     @property
@@ -576,13 +592,16 @@ class OnlineScorer:
     the larger of two parts, both ``z / (z + z_half)`` in ``[0, 1)``: ``river-hst``, where
     ``z`` is how far below its running median (in running scales) the log of the
     :class:`FleetHalfSpaceTrees` mass (``1 - score_one``) is, 0 during the model's first
-    window; and ``station-baseline``, the worse of the station's and the fleet's
-    :class:`RobustBaseline` ``|z|`` on the meter features. Calibrated so, the parts compare:
+    window; and ``station-baseline``, the larger of the fleet's and the station's
+    :class:`RobustBaseline` ``z`` on the meter features, over-reporting only (when many
+    sessions of a station or partition inflate, the honest ones fall below the baseline;
+    an under-reading meter costs the operator, and reconciliation shows it). Calibrated so, the parts compare:
     an HST score itself crowds near 1 and would swamp the other part. After ``warm_up``
     sessions a score above the threshold (the ``quantile`` of all scores so far, at least
     ``min_threshold``) raises an ``anomaly`` alert that names the part, the features, their
-    values and baselines. A score that alerts does not move the quantile (an anomaly that
-    repeats, such as a meter that keeps inflating, must not raise the bar for itself). A
+    values and baselines. A score that alerts (or would, during the warm-up: above
+    ``min_threshold``) does not move the quantile (an anomaly that repeats, such as a meter
+    that keeps inflating, must not raise the bar for itself). A
     session seen again (features are republished when payments
     follow) is scored again but not learnt twice.
 
@@ -625,14 +644,13 @@ class OnlineScorer:
             min_reference=cfg.min_reference,
             seed=cfg.seed,
         )
-        self.hst_calibration = RobustBaseline(
-            ("log_mass",), alpha=0.001, clip=3.0, min_scale=3.0, warm_up=16
-        )
-        """Running location and scale of the log of the fleet model's mass (1 - score)."""
-        self.fleet = self._baseline()
+        self.log_mass = [0, 0.0]
+        """Count and running mean of the log of the fleet model's mass (``1 - score``)."""
+        self.fleet = self._baseline(cfg.fleet_window)
         self.profile = RobustBaseline(
-            self.fleet_model.features, alpha=cfg.baseline_alpha, zero_is_missing=False
+            self.fleet_model.features, window=cfg.fleet_window, zero_is_missing=False
         )
+        """The fleet model's features (their medians, for explanations)."""
         self.stations: dict[str, RobustBaseline] = {}
         self.threshold_quantile = Quantile(cfg.quantile)
         self.sessions_seen = 0
@@ -640,11 +658,11 @@ class OnlineScorer:
         self._recent: deque[int] = deque(maxlen=cfg.remember_sessions)
         self._recent_set: set[int] = set()
 
-    def _baseline(self) -> RobustBaseline:
+    def _baseline(self, window: int) -> RobustBaseline:
         cfg = self.config
         return RobustBaseline(
             cfg.meter_features,
-            alpha=cfg.baseline_alpha,
+            window=window,
             warm_up=cfg.baseline_warm_up,
             z_half=cfg.z_half,
         )
@@ -678,11 +696,11 @@ class OnlineScorer:
         station = self.stations.get(f.station_id)
         warm = self.fleet_model.warm
         raw = self.fleet_model.score_one(x) if seen else self.fleet_model.score_learn_one(x)
-        log_mass = {"log_mass": math.log(max(1e-12, 1.0 - raw))} if warm else None
+        log_mass = math.log(max(1e-12, 1.0 - raw)) if warm else None
         hst = 0.0
-        if log_mass is not None:
-            z = -self.hst_calibration.z_scores(log_mass).get("log_mass", 0.0)
-            hst = max(0.0, z) / (max(0.0, z) + self.config.hst_z_half)
+        if log_mass is not None and self.log_mass[0] >= _LOG_MASS_WARM_UP:
+            z = max(0.0, (self.log_mass[1] - log_mass) / self.config.hst_scale)
+            hst = z / (z + self.config.hst_z_half)
         meter, z_station, z_fleet = self._meter_part(x, station)
         threshold = self.threshold
         if meter > hst:
@@ -706,14 +724,16 @@ class OnlineScorer:
         if not seen:
             self._remember(key)
             self.sessions_seen += 1
-            if not alerts:
+            bar = self.config.min_threshold if threshold is None else threshold
+            if score <= bar:
                 self.threshold_quantile.update(score)
             if log_mass is not None:
-                self.hst_calibration.learn_one(log_mass)
+                n = self.log_mass[0] = self.log_mass[0] + 1
+                self.log_mass[1] += (log_mass - self.log_mass[1]) * max(1.0 / n, 0.001)
             self.fleet.learn_one(x)
             self.profile.learn_one(x)
             if station is None:
-                station = self.stations[f.station_id] = self._baseline()
+                station = self.stations[f.station_id] = self._baseline(self.config.station_window)
             station.learn_one(x)
         self.alerts_raised += len(alerts)
         return scored, alerts
@@ -723,8 +743,10 @@ class OnlineScorer:
     ) -> tuple[float, dict[str, float], dict[str, float]]:
         z_fleet = self.fleet.z_scores(x)
         z_station = station.z_scores(x) if station is not None else {}
-        z = max((abs(v) for v in (*z_fleet.values(), *z_station.values())), default=0.0)
-        return z / (z + self.config.z_half), z_station, z_fleet
+        # Over-reporting only: a session below a baseline that inflating sessions pulled
+        # up is not suspicious (and under-reading meters cost the operator, not the driver).
+        z = max((v for v in (*z_fleet.values(), *z_station.values())), default=0.0)
+        return max(0.0, z) / (max(0.0, z) + self.config.z_half), z_station, z_fleet
 
     def _remember(self, key: int) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -785,9 +807,13 @@ class OnlineScorer:
                 f"{t['feature']} {t['value']:.2f} (fleet median {t['fleet_median']:.2f})"
                 for t in top
             )
+            hour = x.get("hour_of_day")
+            when = (
+                "" if hour is None else f" (started {int(hour):02d}:{int(hour % 1 * 60):02d} local)"
+            )
             text = (
-                f"session {sid} at {sta} is unlike the fleet's recent sessions "
-                f"(score {scored.score:.2f} > {threshold:.2f}): {listed}"
+                f"session {sid} at {sta}{when} is unlike the fleet's recent sessions "
+                f"(score {scored.score:.3f} > {threshold:.3f}): {listed}"
             )
         alert = _alert(
             "anomaly",
