@@ -9,11 +9,10 @@ features), a high score means anomalous, and ``score_one`` never changes the mod
   (10 trees of height 8), over a few features with fixed, documented bounds (HST wants
   every feature in a known range). It pickles compactly: the trees' shape follows from the
   seed, so only their masses are stored.
-* :class:`RobustBaseline` - running robust location and scale of a few features (a Huber
-  step for the location, the mean clipped absolute deviation for the scale); one per
-  station plus one for the whole fleet, over the features that reveal a drifting meter
-  (``energy_over_power_integral``: the register's energy over what its power samples add
-  up to).
+* :class:`RobustBaseline` - median and MAD of a few features over their latest values;
+  one per station plus one for the whole fleet (the partition), over the features that
+  reveal a drifting meter (``energy_over_power_integral``: the register's energy over what
+  its power samples add up to).
 * :class:`OnlineScorer` - what one partition of the detection stage keeps: the fleet model,
   the fleet baseline and the baselines of the stations it sees. :meth:`OnlineScorer.observe`
   scores a session first, then learns from it, and raises an explained
@@ -70,11 +69,13 @@ _FORMAT: Final = 1
 """Version of :meth:`OnlineScorer.to_bytes`' layout (bumped when it changes)."""
 
 _ALGORITHM: Final = 1
+"""Version of the scoring code: part of :attr:`OnlineConfig.version`."""
 
 _LOG_MASS_WARM_UP: Final = 8
 """Log-masses averaged before the fleet model's part scores."""
-"""Version of the scoring code: part of :attr:`OnlineScorer.model_version`."""
 
+_LOG_MASS_ALPHA: Final = 0.001
+"""Least weight of a new log-mass in its running mean (a plain mean for the first 1,000)."""
 FLEET_LIMITS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
     {
         "hours_from_0300": (0.0, 12.0),
@@ -581,29 +582,29 @@ class OnlineScore(msgspec.Struct, frozen=True, kw_only=True):
     """Every part's score (each in ``[0, 1)``)."""
 
 
-Detector = Literal["river-hst", "station-baseline"]
-
-
 class OnlineScorer:
     """The online detectors of one partition: fleet model, fleet and station baselines.
 
     :meth:`observe` scores a session's features (merged with its token features), then
-    learns from them (score-then-learn: a session never scores against itself). Its score is
-    the larger of two parts, both ``z / (z + z_half)`` in ``[0, 1)``: ``river-hst``, where
-    ``z`` is how far below its running median (in running scales) the log of the
-    :class:`FleetHalfSpaceTrees` mass (``1 - score_one``) is, 0 during the model's first
-    window; and ``station-baseline``, the larger of the fleet's and the station's
-    :class:`RobustBaseline` ``z`` on the meter features, over-reporting only (when many
-    sessions of a station or partition inflate, the honest ones fall below the baseline;
-    an under-reading meter costs the operator, and reconciliation shows it). Calibrated so, the parts compare:
-    an HST score itself crowds near 1 and would swamp the other part. After ``warm_up``
-    sessions a score above the threshold (the ``quantile`` of all scores so far, at least
-    ``min_threshold``) raises an ``anomaly`` alert that names the part, the features, their
-    values and baselines. A score that alerts (or would, during the warm-up: above
-    ``min_threshold``) does not move the quantile (an anomaly that repeats, such as a meter
-    that keeps inflating, must not raise the bar for itself). A
-    session seen again (features are republished when payments
-    follow) is scored again but not learnt twice.
+    learns from them (score-then-learn: a session never scores against itself). Its score
+    is the larger of two parts, each ``z / (z + z_half)`` in ``[0, 1)``; calibrated so, the
+    parts compare (an HST score itself crowds near 1 and would swamp the other part):
+
+    * ``river-hst``: ``z`` is how far the log of the :class:`FleetHalfSpaceTrees` mass
+      (``1 - score_one``) lies below the running mean of the log-masses, in units of
+      ``hst_scale``; 0 until the model has a reference;
+    * ``station-baseline``: the larger of the fleet's and the station's
+      :class:`RobustBaseline` ``z`` on the meter features, over-reporting only (when many
+      sessions of a station or partition inflate, the honest ones fall below the baseline;
+      an under-reading meter costs the operator, and reconciliation shows it).
+
+    After ``warm_up`` sessions a score above the threshold (the ``quantile`` of the scores
+    so far, at least ``min_threshold``) raises an ``anomaly`` alert that names the part, the
+    features, their values and baselines, the threshold and the model version. A score that
+    alerts (or would, during the warm-up: above ``min_threshold``) does not move the
+    quantile: an anomaly that repeats, such as a meter that keeps inflating, must not raise
+    the bar for itself. A session seen again (features are republished when payments follow)
+    is scored again but not learnt twice.
 
     Parameters
     ----------
@@ -729,7 +730,7 @@ class OnlineScorer:
                 self.threshold_quantile.update(score)
             if log_mass is not None:
                 n = self.log_mass[0] = self.log_mass[0] + 1
-                self.log_mass[1] += (log_mass - self.log_mass[1]) * max(1.0 / n, 0.001)
+                self.log_mass[1] += (log_mass - self.log_mass[1]) * max(1.0 / n, _LOG_MASS_ALPHA)
             self.fleet.learn_one(x)
             self.profile.learn_one(x)
             if station is None:
