@@ -534,6 +534,13 @@ class OnlineConfig:
         Latest values the fleet's and each station's :class:`RobustBaseline` keep.
     remember_sessions
         Session ids remembered so that a republished session is scored but not learnt twice.
+
+    Examples
+    --------
+    >>> OnlineConfig().version
+    'online-v2.1-...'
+    >>> OnlineConfig(quantile=0.99).version == OnlineConfig().version
+    False
     """
 
     n_trees: int = 10
@@ -564,7 +571,18 @@ class OnlineConfig:
 
 
 class OnlineScore(msgspec.Struct, frozen=True, kw_only=True):
-    """One session's online score, as ``voltguard replay`` writes it to ``scores.jsonl``."""
+    """One session's online score, as ``voltguard replay`` writes it to ``scores.jsonl``.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> s = OnlineScore(session_id="s1", station_id="CP1", token_hash=None,
+    ...     event_time=datetime(2024, 5, 6, tzinfo=UTC), score=0.7, threshold=0.55,
+    ...     detector="station-baseline", model_version="online-v2.1-x",
+    ...     parts={"river-hst": 0.1, "station-baseline": 0.7})
+    >>> msgspec.json.encode(s)[:62]
+    b'{"session_id":"s1","station_id":"CP1","token_hash":null,"event'
+    """
 
     session_id: str
     station_id: str
@@ -605,6 +623,12 @@ class OnlineScorer:
     quantile: an anomaly that repeats, such as a meter that keeps inflating, must not raise
     the bar for itself. A session seen again (features are republished when payments follow)
     is scored again but not learnt twice.
+
+    An alert's severity says how far over the threshold the score is, as the share
+    ``(score - threshold) / (1 - threshold)``: under 0.2 ``info``, under 0.5 ``warning``,
+    else ``error`` (never ``critical``: a statistical alert goes to Slack, not the pager).
+    Its id is the rules' (:func:`models.rules._alert`: kind ``anomaly``, the session), so a
+    replay or a redelivery gives the same id.
 
     Parameters
     ----------

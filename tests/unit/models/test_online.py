@@ -110,3 +110,20 @@ def test_the_detector_keeps_one_scorer_per_station_partition() -> None:
     assert set(detector.scorers[1].stations) == {f"CP{i}" for i in (1, 4, 7, 10)}
     assert len(detector.scores) == 90
     assert Detector(online=False).scorers == {}
+
+
+def test_token_night_features_count_the_deep_night_sessions() -> None:
+    from models.rules import RuleConfig, TokenHistory
+
+    history = TokenHistory(token_hash="t" * 32)
+    out = []
+    for i, hour in enumerate((2.5, 14.0, 3.75, 0.5)):
+        start = T0 + timedelta(days=i, hours=hour)
+        f = SessionFeatures(
+            event_id=f"n{i}", event_time=start + timedelta(minutes=40), source="test",
+            session_id=f"n{i}", station_id="CP1", started_at=start,
+            features={"hour_of_day": hour},
+        )  # fmt: skip
+        out.append(history.observe(f, RuleConfig())[1])
+    assert [o["token_night_sessions"] for o in out] == [1.0, 1.0, 2.0, 2.0]
+    assert [round(o["token_night_share"], 3) for o in out] == [1.0, 0.5, 0.667, 0.5]
