@@ -93,6 +93,10 @@ with ten); with ``hour_of_day`` instead of ``hours_from_0300`` the night sits mi
 the PR-AUC swings between 0.39 and 0.77 with the seed, with it 0.74-0.80."""
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 # --------------------------------------------------------------------------- fleet model
 
 
@@ -800,18 +804,18 @@ class OnlineScorer:
         if scored.detector == "station-baseline":
             names = sorted(
                 set(z_station) | set(z_fleet),
-                key=lambda n: -max(abs(z_station.get(n, 0.0)), abs(z_fleet.get(n, 0.0))),
+                key=lambda n: (-max(abs(z_station.get(n, 0.0)), abs(z_fleet.get(n, 0.0))), n),
             )
             for name in names[:3]:
                 top.append({
                     "feature": name,
-                    "value": x.get(name),
+                    "value": _round(x.get(name)),
                     "station_median": station.location(name) if station else None,
                     "station_scale": station.scale(name) if station else None,
-                    "station_z": z_station.get(name),
+                    "station_z": _round(z_station.get(name)),
                     "fleet_median": self.fleet.location(name),
                     "fleet_scale": self.fleet.scale(name),
-                    "fleet_z": z_fleet.get(name),
+                    "fleet_z": _round(z_fleet.get(name)),
                 })  # fmt: skip
             first = top[0]
             if first["feature"] == "energy_over_power_integral":
@@ -883,7 +887,7 @@ class OnlineScorer:
         return [
             {
                 "feature": name,
-                "value": x.get(name),
+                "value": _round(x.get(name)),
                 "fleet_median": self.profile.location(name),
                 "fleet_scale": self.profile.scale(name),
                 "isolation": round(weights[name], 3),
