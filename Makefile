@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-simulate kafka-up kafka-down clean backtest-real
+.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-scoring bench-simulate kafka-up kafka-down clean backtest-real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: bench-ingest bench-billing
 ## bench-billing: simulator traffic -> ingest -> billing/reconciliation, one worker, vs the bare ceilings
 bench-billing: setup
 	$(BIN)/python -m streams.bench billing --json-out bench-billing.json
+
+## bench-scoring: online scoring on one core, no broker (us per session, checkpoint size and time)
+bench-scoring: setup
+	$(BIN)/python -m streams.bench scoring --sessions 5000 --json-out bench-scoring.json
 
 ## bench-ingest: OCPP MeterValues -> readings through one worker vs the bare consume ceiling
 bench-ingest: setup

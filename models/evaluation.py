@@ -75,12 +75,16 @@ IMPLIED: Final = {
     "offline_unknown_token": frozenset({"missing_payment"}),
     "cloned_token_overlap": frozenset({"cloned_token_impossible_travel"}),
     "cloned_token_impossible_travel": frozenset({"cloned_token_overlap"}),
+    "anomaly:energy_inflation": frozenset({"anomaly"}),
+    "anomaly:unusual_hours": frozenset({"anomaly"}),
 }
 """Other kinds a label's fault makes true as well. Nobody pays for a session whose token
 the CSMS does not know. A cloned token is used independently of its owner, whose own
 sessions then overlap the clone's or lie too far from them in too little time, whichever
-kind the simulator labelled. Such a detection is right, though the label names another
-kind; recall still counts only the labelled kind."""
+kind the simulator labelled. The online detectors' ``anomaly`` alerts do not know which
+subtle anomaly they found: one about a session of an ``anomaly:*`` label is right. Such a
+detection is right, though the label names another kind; recall still counts only the
+labelled kind."""
 
 
 @dataclass(frozen=True, slots=True)

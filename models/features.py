@@ -9,7 +9,11 @@ from the token's previous session) is added later, by the token-keyed stage, und
 ``token_`` prefix (:data:`TOKEN_FEATURES`).
 
 Names are stable: a model's input is the sorted list of :data:`SESSION_FEATURES` (and
-:data:`TOKEN_FEATURES`); ``model_input_version`` changes when it does.
+:data:`TOKEN_FEATURES`); ``model_input_version`` changes when it does. Version 2 added
+``power_integral_kwh`` and ``energy_over_power_integral`` (the register's energy over what
+the reported power samples add up to: a meter whose register drifts away from its own power
+readings shows here), ``hours_from_0300`` and the token features ``token_night_share`` and
+``token_night_sessions``.
 
 Examples
 --------
@@ -44,9 +48,16 @@ from billing.session_state import SessionState
 from topics.identity import stable_id
 from topics.records import SessionBill, SessionFeatures, Station
 
-__all__ = ["MODEL_INPUT_VERSION", "SESSION_FEATURES", "TOKEN_FEATURES", "session_features"]
+__all__ = [
+    "MODEL_INPUT_VERSION",
+    "NIGHT_HOURS",
+    "SESSION_FEATURES",
+    "TOKEN_FEATURES",
+    "power_integral_wh",
+    "session_features",
+]
 
-MODEL_INPUT_VERSION: Final = 1
+MODEL_INPUT_VERSION: Final = 2
 
 SESSION_FEATURES: Final = (
     "energy_kwh",
@@ -83,8 +94,19 @@ SESSION_FEATURES: Final = (
     "refunded_minor",
     "chargebacks",
     "captured_over_price",
+    "power_integral_kwh",
+    "energy_over_power_integral",
+    "hours_from_0300",
 )
-"""Features computed from the session itself."""
+"""Features computed from the session itself.
+
+``power_integral_kwh`` is what the power samples add up to (:func:`power_integral_wh`);
+``energy_over_power_integral`` is
+the register's energy (``energy_kwh``) over it, about 1.0 on an honest meter, and 0.0 when
+the samples carry too little power to compare (under 0.05 kWh). ``hours_from_0300`` is the
+distance of the local start time from 03:00 (the quietest hour of a fleet) on the 24-hour
+circle, in ``[0, 12]``: it puts the night at one end of the range, where a model's edge
+cells isolate it, instead of splitting it between 0 and 24 as ``hour_of_day`` does."""
 
 TOKEN_FEATURES: Final = (
     "token_sessions_before",
@@ -94,8 +116,18 @@ TOKEN_FEATURES: Final = (
     "token_km_from_prev",
     "token_kmh_from_prev",
     "token_night_share",
+    "token_night_sessions",
 )
-"""Features the token-keyed stage adds from the token's history."""
+"""Features the token-keyed stage adds from the token's history.
+
+``token_night_share`` is the share of the token's known sessions (the kept history plus
+this one) that started in the deep night, :data:`NIGHT_HOURS` local time at the station;
+``token_night_sessions`` is how many of them did (this one included)."""
+
+NIGHT_HOURS: Final = (1.0, 5.0)
+"""``[start, end)`` local hours of day that count as deep night (the fleet's quietest)."""
+
+_MIN_INTEGRAL_WH: Final = 50.0
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -112,6 +144,25 @@ def _connector_max_w(station: Station | None, evse_id: int | None) -> float:
         return 0.0
     powers = [c.max_power_w for c in station.connectors if evse_id is None or c.evse_id == evse_id]
     return float(max(powers or [c.max_power_w for c in station.connectors]))
+
+
+def power_integral_wh(samples: Sequence[tuple[int, int, float | None, bool]]) -> float:
+    """Energy the power samples add up to, Wh.
+
+    A power reading is taken as the average power over the interval that ends at it (what a
+    meter reporting per sampling interval gives, and what the register's increment over the
+    same interval measures), so the integral is ``sum(power_k x (t_k - t_k-1))``. Intervals
+    whose closing sample has no power reading do not count.
+
+    >>> power_integral_wh([(0, 0, 0.0, False), (600_000, 1000, 6000.0, False),
+    ...                    (1_200_000, 2000, None, False)])
+    1000.0
+    """
+    total = 0.0
+    for (t0, _, _, _), (t1, _, p1, _) in pairwise(samples):
+        if p1 is not None and t1 > t0:
+            total += p1 * (t1 - t0) / 3_600_000
+    return total
 
 
 def session_features(
@@ -143,9 +194,11 @@ def session_features(
     peak_w = max(state.max_power_w, max((p.max_power_w for p in periods), default=0.0))
     zone = _zone(station.timezone if station else None)
     local = (_EPOCH + timedelta(milliseconds=start_ms)).astimezone(zone)
+    hour = local.hour + local.minute / 60
     price = price_minor or 0
     captured = sum(p.amount_minor for p in payments if p.kind == "captured")
     authorized = sum(p.amount_minor for p in payments if p.kind == "authorized")
+    integral_wh = power_integral_wh(samples)
     first_reg = samples[0][1] if samples else 0
     last_reg = samples[-1][1] if samples else 0
     features = {
@@ -160,7 +213,8 @@ def session_features(
         "energy_over_capability": energy_wh / capability_wh if capability_wh else 0.0,
         "price_minor": float(price),
         "price_per_kwh_minor": price / (energy_wh / 1000) if energy_wh else 0.0,
-        "hour_of_day": local.hour + local.minute / 60,
+        "hour_of_day": hour,
+        "hours_from_0300": abs((hour - 3.0 + 12.0) % 24.0 - 12.0),
         "day_of_week": float(local.weekday()),
         "sample_count": float(len(samples)),
         "max_sample_gap_s": max(gaps, default=0.0),
@@ -183,6 +237,10 @@ def session_features(
         "refunded_minor": float(sum(p.amount_minor for p in payments if p.kind == "refunded")),
         "chargebacks": float(sum(p.kind == "chargeback_opened" for p in payments)),
         "captured_over_price": captured / price if price else float(captured > 0),
+        "power_integral_kwh": integral_wh / 1000,
+        "energy_over_power_integral": (
+            energy_wh / integral_wh if integral_wh >= _MIN_INTEGRAL_WH else 0.0
+        ),
     }
     ids = [i for i in (state.started_event_id, state.ended_event_id) if i]
     if bill_event_id is not None:

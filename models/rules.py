@@ -41,6 +41,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from models.features import NIGHT_HOURS
 from topics.identity import stable_id
 from topics.records import FraudAlert, PaymentEvent, SessionFeatures
 
@@ -285,6 +286,8 @@ class TokenSession(msgspec.Struct, array_like=True, frozen=True):
     lon: float | None
     offline: bool
     event_ids: list[str]
+    night: bool = False
+    """Started in the deep night (:data:`models.features.NIGHT_HOURS`, local time)."""
 
 
 def km_between(a_lat: float, a_lon: float, b_lat: float, b_lon: float) -> float:
@@ -335,6 +338,7 @@ class TokenHistory(msgspec.Struct, kw_only=True):
         new = TokenSession(
             f.session_id, f.station_id, start, end, f.lat, f.lon, bool(x.get("offline")),
             list(f.evidence_event_ids[:3]),
+            NIGHT_HOURS[0] <= x.get("hour_of_day", -1.0) < NIGHT_HOURS[1],
         )  # fmt: skip
         if any(s.session_id == new.session_id for s in self.sessions):
             others = [s for s in self.sessions if s.session_id != new.session_id]
@@ -434,6 +438,9 @@ class TokenHistory(msgspec.Struct, kw_only=True):
             "token_km_from_prev": -1.0,
             "token_kmh_from_prev": -1.0,
         }
+        nights = sum(s.night for s in others) + new.night
+        out["token_night_share"] = nights / (len(others) + 1)
+        out["token_night_sessions"] = float(nights)
         if prev is not None:
             hours = max(0.0, (new.start_ms - prev.end_ms) / 3_600_000)
             out["token_hours_since_prev"] = hours

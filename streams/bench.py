@@ -1,4 +1,6 @@
-"""Benchmarks on the real local broker (``make bench-ingest``): figures, not pass/fail tests.
+"""Benchmarks (``make bench-ingest``, ``make bench-scoring``): figures, not pass/fail tests.
+
+Most run on the real local broker; ``scoring`` needs none.
 
 ``ingest``: OCPP 1.6 MeterValues frames -> canonical meter readings through one ingest
 worker (transactions on, exactly as ``voltguard worker`` runs), and in the same run a bare
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import resource
 import shutil
 import tempfile
@@ -415,6 +418,130 @@ def bench_billing(
             kafka.stop()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _synthetic_features(sessions: int, stations: int, seed: int) -> list[tuple[Any, dict]]:
+    """Seeded session features with every model input set, spread over ``stations``."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from models.features import SESSION_FEATURES, TOKEN_FEATURES
+    from topics.records import SessionFeatures
+
+    rng = random.Random(seed)
+    start = datetime(2024, 5, 6, tzinfo=UTC)
+    out = []
+    for i in range(sessions):
+        hour = rng.uniform(0, 24)
+        x = {name: rng.uniform(0, 50) for name in SESSION_FEATURES}
+        x.update(
+            hour_of_day=hour,
+            hours_from_0300=abs((hour - 3 + 12) % 24 - 12),
+            energy_over_power_integral=1.0 + rng.gauss(0, 0.005) + 0.15 * (rng.random() < 0.01),
+        )
+        token = {name: rng.uniform(0, 5) for name in TOKEN_FEATURES}
+        token["token_night_share"] = rng.random() * 0.3
+        f = SessionFeatures(
+            event_id=f"bench-{i}",
+            event_time=start + timedelta(minutes=3 * i),
+            source="bench",
+            session_id=f"s-bench-{i}",
+            station_id=f"CP{rng.randrange(stations)}",
+            features=x,
+            token_hash=f"{rng.randrange(sessions // 4 + 1):032x}",
+        )
+        out.append((f, token))
+    return out
+
+
+@bench.command("scoring")
+@click.option("--sessions", default=5000, show_default=True, help="Sessions to score.")
+@click.option("--stations", default=200, show_default=True, help="Distinct stations.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the synthetic features.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures here as JSON.")  # fmt: skip
+def bench_scoring(sessions: int, stations: int, seed: int, json_out: Path | None) -> None:
+    """Online scoring on one core: microseconds per observe() and the checkpoint's cost.
+
+    Compares river's own HalfSpaceTrees calls (score_one, then learn_one) with the fused
+    walk OnlineScorer uses, then times one partition's OnlineScorer.observe (score, learn,
+    alerts) and its to_bytes / from_bytes after the run.
+    """
+    from river.anomaly import HalfSpaceTrees
+
+    from models.online import FleetHalfSpaceTrees, OnlineConfig, OnlineScorer
+
+    data = _synthetic_features(sessions, stations, seed)
+    cfg = OnlineConfig()
+    limits = {name: (lo, hi) for name, lo, hi in cfg.fleet_limits}
+    rows = [{**f.features, **t} for f, t in data]
+
+    river_hst = HalfSpaceTrees(
+        n_trees=cfg.n_trees, height=cfg.height, window_size=cfg.window_size, limits=limits,
+        seed=cfg.seed,
+    )  # fmt: skip
+    projected = [{k: x[k] for k in limits} for x in rows]
+    started = time.perf_counter()
+    for x in projected:
+        river_hst.score_one(x)
+        river_hst.learn_one(x)
+    river_us = (time.perf_counter() - started) / sessions * 1e6
+
+    fleet = FleetHalfSpaceTrees(
+        limits, n_trees=cfg.n_trees, height=cfg.height, window_size=cfg.window_size,
+        seed=cfg.seed,
+    )  # fmt: skip
+    started = time.perf_counter()
+    for x in rows:
+        fleet.score_learn_one(x)
+    fused_us = (time.perf_counter() - started) / sessions * 1e6
+
+    scorer = OnlineScorer(cfg)
+    alerts = 0
+    started = time.perf_counter()
+    for f, t in data:
+        alerts += len(scorer.observe(f, t)[1])
+    observe_us = (time.perf_counter() - started) / sessions * 1e6
+
+    reps = 20
+    started = time.perf_counter()
+    for _ in range(reps):
+        blob = scorer.to_bytes()
+    dump_ms = (time.perf_counter() - started) / reps * 1e3
+    started = time.perf_counter()
+    for _ in range(reps):
+        OnlineScorer.from_bytes(blob)
+    load_ms = (time.perf_counter() - started) / reps * 1e3
+    river_bytes = len(pickle.dumps(river_hst, protocol=pickle.HIGHEST_PROTOCOL))
+    figures = {
+        "sessions": sessions,
+        "stations": stations,
+        "river_hst_score_then_learn_us": round(river_us, 1),
+        "fused_hst_score_learn_us": round(fused_us, 1),
+        "observe_us_per_session": round(observe_us, 1),
+        "observe_target_us": 100,
+        "alerts": alerts,
+        "checkpoint_bytes": len(blob),
+        "checkpoint_bytes_per_station": round(
+            (len(blob) - len(OnlineScorer(cfg).to_bytes())) / max(1, len(scorer.stations))
+        ),
+        "river_hst_pickle_bytes": river_bytes,
+        "to_bytes_ms": round(dump_ms, 2),
+        "from_bytes_ms": round(load_ms, 2),
+        "model_version": scorer.model_version,
+    }
+    click.echo(
+        f"river HST score_one + learn_one : {river_us:8.1f} us/session\n"
+        f"fused HST score_learn_one       : {fused_us:8.1f} us/session\n"
+        f"OnlineScorer.observe            : {observe_us:8.1f} us/session (target < 100), "
+        f"{alerts} alerts\n"
+        f"checkpoint                      : {len(blob):,} bytes ({len(scorer.stations)} stations, "
+        f"{figures['checkpoint_bytes_per_station']} bytes each; river's HST pickles to "
+        f"{river_bytes:,}), to_bytes {dump_ms:.2f} ms, from_bytes {load_ms:.2f} ms"
+    )
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2))
+        click.echo(f"figures written to {json_out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

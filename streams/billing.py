@@ -30,7 +30,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Message
 
@@ -51,6 +51,7 @@ from streams.settings import DEFAULT_BILLING_GROUP, Settings
 from topics.catalog import CLOCK_KEY, TopicSpec, changelog_spec, topic
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
+from topics.identity import stable_id
 from topics.records import (
     ClockTick,
     MeterReading,
@@ -61,6 +62,8 @@ from topics.records import (
     Station,
     Tariff,
 )
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 __all__ = ["INPUT_TOPICS", "BillingBatch", "BillingLoop", "BillingProcessor", "BillingStage"]
 
@@ -112,6 +115,7 @@ class BillingProcessor:
         }
         self.changelog_topic = topic("billing_state")
         self._features_topic = topic("session_features")
+        self._features_ticked: dict[int, int] = {}
 
     def engine(self, partition: int) -> BillingEngine:
         engine = self.engines.get(partition)
@@ -167,9 +171,26 @@ class BillingProcessor:
             engine = self.engines.get(partition)
             if engine is None:
                 continue
+            self._features_tick(batch, partition, engine)
             for key, value in engine.take_changes():
                 batch.outputs.append(Output(self.changelog_topic, key.encode(), value, partition))
         return batch
+
+    def _features_tick(self, batch: BillingBatch, partition: int, engine: BillingEngine) -> None:
+        """A clock tick on the partition's features, after its features: every session that
+        ended before it has been published (bills, and so features, wait for the bill
+        grace past the session's end). Detection orders sessions by it."""
+        at = engine.watermark_ms - self.config.bill_grace_s * 1000
+        minute = at - at % 60_000
+        if engine.watermark_ms <= 0 or minute <= self._features_ticked.get(partition, -1):
+            return
+        self._features_ticked[partition] = minute
+        tick = ClockTick(
+            event_id=stable_id("features-clock", partition, minute),
+            event_time=_EPOCH + timedelta(milliseconds=minute),
+            source=self.stage,
+        )
+        batch.outputs.append(Output(self._features_topic, CLOCK_KEY, encode(tick), partition))
 
     def _features(self, batch: BillingBatch, partition: int, e: Emit) -> None:
         """The session's feature record: with each version of its bill, and again when

@@ -45,6 +45,7 @@ from typing import Any, Final
 import msgspec
 from confluent_kafka import Message
 
+from models.online import OnlineConfig, OnlineScore, OnlineScorer
 from models.rules import CardHistory, RuleConfig, TerminalWindow, TokenHistory, session_alerts
 from streams.dead_letters import reject
 from streams.loop import Output, TransactionalLoop
@@ -69,6 +70,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INPUT_TOPICS: Final = ("session_features", "payment_events", "detection_keyed")
+_CLOCK_CHANNELS: Final = {"payment_events": "payments", "session_features": "features"}
+"""Input topics whose clock ticks detection passes on, and the channel each becomes."""
 CARD_TESTING_KINDS: Final = frozenset({"authorized", "failed"})
 CARD_KINDS: Final = frozenset({"captured", "refunded"})
 ALERT_MEMORY_MS: Final = 14 * 86_400_000
@@ -78,22 +81,32 @@ it does)."""
 
 
 class KeyedFeatures(msgspec.Struct, tag="features", frozen=True):
-    """A session's features on its way to the token and then the station entity."""
+    """A session's features on its way to the token (or ``session:``) and then the station
+    entity. ``source`` is the partition it comes from (of the features topic, then of the
+    keyed topic); ``order_ms`` the event time it is handled at (its end, or for a session
+    published after its partition's clock had passed its end, that partition's next tick)."""
 
     features: SessionFeatures
     token_features: dict[str, float] = {}
+    source: int = 0
+    order_ms: int | None = None
 
 
 class KeyedPayment(msgspec.Struct, tag="payment", frozen=True):
-    """An authorisation attempt on its way to the terminal entity."""
+    """A payment event on its way to its terminal or card entity (``source``: its payment
+    partition)."""
 
     payment: PaymentEvent
+    source: int = 0
 
 
 class KeyedClock(msgspec.Struct, tag="clock", frozen=True):
-    """A payment partition's clock tick, forwarded to every keyed partition."""
+    """A clock tick forwarded to every keyed partition: ``channel`` ``payments`` (from a
+    payment partition), ``features`` (from a session features partition) or ``stations``
+    (from a keyed partition, once it has passed on every session it released)."""
 
     at_ms: int
+    channel: str = "payments"
 
 
 Keyed = KeyedFeatures | KeyedPayment | KeyedClock
@@ -101,12 +114,38 @@ _keyed_decoder = msgspec.json.Decoder(Keyed)  # type: ignore[arg-type]
 _keyed_encode = msgspec.json.Encoder().encode
 
 
-class PaymentClock(msgspec.Struct, kw_only=True):
-    """A keyed partition's view of the payments' event time: the latest tick of every
-    payment partition; the watermark is the oldest of them (once all have ticked)."""
+class PartitionClock(msgspec.Struct, kw_only=True):
+    """A keyed partition's view of event time, per channel: the latest tick of every
+    source partition, and the watermark, the oldest of them once all have ticked."""
 
-    sources: dict[str, int] = {}
-    watermark_ms: int = -1
+    sources: dict[str, dict[str, int]] = {}
+    watermarks: dict[str, int] = {}
+
+    def tick(self, channel: str, source: str, at_ms: int, *, sources: int) -> int | None:
+        """Record a tick; the channel's new watermark when it moved, else None."""
+        latest = self.sources.setdefault(channel, {})
+        if at_ms <= latest.get(source, -1):
+            return None
+        latest[source] = at_ms
+        if len(latest) < sources:
+            return None
+        watermark = min(latest.values())
+        if watermark <= self.watermarks.get(channel, -1):
+            return None
+        self.watermarks[channel] = watermark
+        return watermark
+
+
+class Held(msgspec.Struct, array_like=True, frozen=True):
+    """A session held at its token (channel ``features``) or station (``stations``) until
+    that channel's clock passes its end: sessions are then handled in event-time order,
+    whatever order the partitions were read in."""
+
+    target: str
+    at_ms: int
+    """When it is released: -1 while it waits for ``after_tick_of``'s next tick."""
+    keyed: KeyedFeatures
+    after_tick_of: int | None = None
 
 
 class StationMemory(msgspec.Struct, kw_only=True):
@@ -130,11 +169,17 @@ _STATE_TYPES: Final = {
     "terminal": TerminalWindow,
     "card": CardHistory,
     "station": StationMemory,
-    "clock": PaymentClock,
+    "clock": PartitionClock,
+    "held": Held,
 }
 _CLOCK: Final = b"clock"
+_HELD_CHANNEL: Final = {"token": "features", "session": "features", "station": "stations"}
+_ONLINE: Final = b"online"
+"""Key of a partition's :class:`~models.online.OnlineScorer` (one per keyed partition: the
+fleet model and the baselines of the stations whose key falls in it)."""
 _ACCEPTS: Final[dict[str, type]] = {
     "token": KeyedFeatures,
+    "session": KeyedFeatures,
     "station": KeyedFeatures,
     "terminal": KeyedPayment,
     "card": KeyedPayment,
@@ -150,8 +195,16 @@ class DetectionBatch:
 
     outputs: list[Output] = field(default_factory=list)
     alerts: list[FraudAlert] = field(default_factory=list)
+    scores: list[OnlineScore] = field(default_factory=list)
+    """Online scores of the sessions scored in this batch."""
+    token_features: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The token features of the sessions that reached their station in this batch."""
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+
+
+def _channel_of(item: Held) -> str:
+    return _HELD_CHANNEL[item.target.partition(":")[0]]
 
 
 def _ms(moment: datetime) -> int:
@@ -170,6 +223,9 @@ class DetectionProcessor:
         partition of a re-keyed record with it, as the producer's partitioner does.
     partition_for
         ``(key, partitions) -> partition`` (librdkafka's CRC32 partitioner).
+    online
+        Settings of the online detectors (:class:`~models.online.OnlineConfig`); None
+        turns them off.
     model
         Returns the offline model in service (a
         :class:`~streams.model_follower.LoadedModel`) or None; asked once per batch, and
@@ -181,9 +237,11 @@ class DetectionProcessor:
         *,
         config: RuleConfig | None = None,
         partition_for: Callable[[bytes, int], int],
+        online: OnlineConfig | None = OnlineConfig(),  # noqa: B008 (frozen)
         model: Callable[[], Any] | None = None,
         stage: str = "detection",
     ) -> None:
+        self.online = online
         self.model = model
         self.config = config or RuleConfig()
         self.partition_for = partition_for
@@ -193,6 +251,10 @@ class DetectionProcessor:
         self.state: dict[int, dict[bytes, object]] = {}
         self.pending: dict[int, set[bytes]] = {}
         """Per partition: keys of terminal and card entities waiting for the clock."""
+        self.held: dict[int, dict[bytes, Held]] = {}
+        """Per partition: sessions waiting for their channel's clock (also in the state
+        changelog, one row each, removed when released)."""
+        self.features_partitions = CATALOG["session_features"].partitions
         self._topics = {topic(short): short for short in INPUT_TOPICS}
         self.keyed_topic = topic("detection_keyed")
         self.changelog_topic = topic("detection_state")
@@ -214,7 +276,7 @@ class DetectionProcessor:
     ) -> DetectionBatch:
         """Handle a batch of ``(topic, partition, offset, key, value)``."""
         batch = DetectionBatch()
-        changed: dict[tuple[int, bytes], object] = {}
+        changed: dict[tuple[int, bytes], object | None] = {}
         self._to_score: list[tuple[StationMemory, SessionFeatures]] = []
         for source_topic, partition, offset, key, value in messages:
             short = self._topics.get(source_topic, source_topic)
@@ -243,7 +305,13 @@ class DetectionProcessor:
         if self._to_score:
             self._score_offline(batch)
         for (partition, key), state in changed.items():
-            batch.outputs.append(Output(self.changelog_topic, key, _state_encode(state), partition))
+            if state is None:
+                value = None  # a tombstone: a released session
+            elif isinstance(state, OnlineScorer):
+                value = state.to_bytes()
+            else:
+                value = _state_encode(state)
+            batch.outputs.append(Output(self.changelog_topic, key, value, partition))
         return batch
 
     def _one(
@@ -256,37 +324,35 @@ class DetectionProcessor:
         value: bytes | None,
     ) -> str:
         if key == CLOCK_KEY:
-            if short != "payment_events" or value is None:
+            channel = _CLOCK_CHANNELS.get(short)
+            if channel is None or value is None:
                 return "ignored"
-            # The payments' event-time clock, on to every keyed partition: terminals decide
-            # on the oldest of all payment partitions' latest ticks.
+            # Event time, on to every keyed partition: terminals and cards decide on the
+            # oldest payment partition's clock, tokens on the oldest features partition's.
             tick = decode(value, ClockTick)
-            forward = _keyed_encode(KeyedClock(_ms(tick.event_time)))
-            raw = f"clock:{partition}".encode()
-            for target in range(self.partitions):
-                batch.outputs.append(Output(self.keyed_topic, raw, forward, target))
+            self._forward_clock(batch, channel, partition, _ms(tick.event_time))
             return "clock"
         if value is None:
             raise RecordDecodeError("message has no value (null)")
         if short == "session_features":
             f = decode(value, SessionFeatures)
-            target = f"token:{f.token_hash}" if f.token_hash else f"station:{f.station_id}"
-            self._rekey(batch, target, KeyedFeatures(f))
+            target = f"token:{f.token_hash}" if f.token_hash else f"session:{f.session_id}"
+            self._rekey(batch, target, KeyedFeatures(f, source=partition))
             return "accepted"
         if short == "payment_events":
             p = decode(value, PaymentEvent)
             routed = False
             if p.terminal_id and p.kind in CARD_TESTING_KINDS:
-                self._rekey(batch, f"terminal:{p.terminal_id}", KeyedPayment(p))
+                self._rekey(batch, f"terminal:{p.terminal_id}", KeyedPayment(p, partition))
                 routed = True
             if p.card_fingerprint_hash and p.kind in CARD_KINDS:
-                self._rekey(batch, f"card:{p.card_fingerprint_hash}", KeyedPayment(p))
+                self._rekey(batch, f"card:{p.card_fingerprint_hash}", KeyedPayment(p, partition))
                 routed = True
             return "accepted" if routed else "ignored"
         if short != "detection_keyed":
             raise RecordDecodeError(f"detection does not read topic {short!r}")
         kind, _, entity = (key or b"").decode("utf-8", "replace").partition(":")
-        if kind not in _STATE_TYPES or not entity:
+        if kind not in _ACCEPTS or not entity:
             raise RecordDecodeError(f"unknown detection key {key!r}")
         try:
             keyed = _keyed_decoder.decode(value)
@@ -297,57 +363,163 @@ class DetectionProcessor:
         if not isinstance(keyed, _ACCEPTS[kind]):
             raise RecordDecodeError(f"a {type(keyed).__name__} cannot go to a {kind} entity")
         if isinstance(keyed, KeyedClock):
-            self._clock(batch, changed, partition, entity, keyed.at_ms)
+            source = entity.rpartition("/")[2]
+            self._clock(batch, changed, partition, keyed.channel, source, keyed.at_ms)
             return "clock"
         state_key = key or b""
-        state = self._state(partition, kind, entity, state_key)
-        if isinstance(state, TokenHistory) and isinstance(keyed, KeyedFeatures):
-            alerts, token_features = state.observe(keyed.features, self.config)
-            self._publish(batch, alerts)
+        if isinstance(keyed, KeyedFeatures):
+            # Held until its channel's clock passes, then handled in event-time order. A
+            # session its own source partition's clock had already passed (published late)
+            # waits for that partition's next tick: where it falls in the order then depends
+            # on that partition alone, not on how far the others were read.
+            clock = self._partition_clock(partition)
+            channel = _HELD_CHANNEL[kind]
+            at = keyed.order_ms if keyed.order_ms is not None else _ms(keyed.features.event_time)
+            after = None
+            if at <= clock.sources.get(channel, {}).get(str(keyed.source), -1):
+                at, after = -1, keyed.source
+            held_key = b"held:" + state_key + b"|" + keyed.features.event_id.encode()
+            item = Held(state_key.decode(), at, keyed, after)
+            self.held.setdefault(partition, {})[held_key] = item
+            changed[(partition, held_key)] = item
+            return "held"
+        if isinstance(keyed, KeyedPayment) and kind == "terminal":
+            clock = self._partition_clock(partition)
+            latest = clock.sources.get("payments", {}).get(str(keyed.source), -1)
+            if _ms(keyed.payment.event_time) <= latest:
+                return "late"  # decided without it, whatever the other partitions' pace
+        self._deliver(batch, changed, partition, kind, entity, state_key, keyed)
+        return "accepted"
+
+    def _deliver(
+        self,
+        batch: DetectionBatch,
+        changed: dict[tuple[int, bytes], object],
+        partition: int,
+        kind: str,
+        entity: str,
+        state_key: bytes,
+        keyed: Keyed,
+    ) -> None:
+        state = None if kind == "session" else self._state(partition, kind, entity, state_key)
+        if isinstance(keyed, KeyedFeatures) and kind in ("token", "session"):
+            token_features: dict[str, float] = {}
+            if isinstance(state, TokenHistory):
+                alerts, token_features = state.observe(keyed.features, self.config)
+                self._publish(batch, alerts)
+                changed[(partition, state_key)] = state
             f = keyed.features
-            self._rekey(batch, f"station:{f.station_id}", KeyedFeatures(f, token_features))
+            order = keyed.order_ms if keyed.order_ms is not None else _ms(f.event_time)
+            self._rekey(
+                batch,
+                f"station:{f.station_id}",
+                KeyedFeatures(f, token_features, source=partition, order_ms=order),
+            )
+            return
         elif isinstance(state, StationMemory) and isinstance(keyed, KeyedFeatures):
-            self._station(batch, state, keyed)
+            self._station(batch, changed, partition, state, keyed)
         elif isinstance(state, TerminalWindow | CardHistory) and isinstance(keyed, KeyedPayment):
             self._publish(batch, state.observe(keyed.payment, self.config))
             if state.pending:
                 self.pending.setdefault(partition, set()).add(state_key)
         changed[(partition, state_key)] = state
-        return "accepted"
+
+    def _forward_clock(self, batch: DetectionBatch, channel: str, source: int, at_ms: int) -> None:
+        raw = f"clock:{channel}/{source}".encode()
+        forward = _keyed_encode(KeyedClock(at_ms, channel))
+        for target in range(self.partitions):
+            batch.outputs.append(Output(self.keyed_topic, raw, forward, target))
+
+    def _partition_clock(self, partition: int) -> PartitionClock:
+        entities = self.state.setdefault(partition, {})
+        clock = entities.get(_CLOCK)
+        if not isinstance(clock, PartitionClock):
+            clock = entities[_CLOCK] = PartitionClock()
+        return clock
 
     def _clock(
         self,
         batch: DetectionBatch,
         changed: dict[tuple[int, bytes], object],
         partition: int,
+        channel: str,
         source: str,
         at_ms: int,
     ) -> None:
-        entities = self.state.setdefault(partition, {})
-        clock = entities.get(_CLOCK)
-        if not isinstance(clock, PaymentClock):
-            clock = entities[_CLOCK] = PaymentClock()
-        if at_ms <= clock.sources.get(source, -1):
-            return
-        clock.sources[source] = at_ms
+        clock = self._partition_clock(partition)
+        count = {"payments": self.source_partitions, "features": self.features_partitions}
+        if at_ms > clock.sources.get(channel, {}).get(source, -1):
+            self._schedule_late(changed, partition, channel, int(source), at_ms)
+        watermark = clock.tick(channel, source, at_ms, sources=count.get(channel, self.partitions))
         changed[(partition, _CLOCK)] = clock
-        if len(clock.sources) < self.source_partitions:
+        if watermark is None:
             return
-        watermark = min(clock.sources.values())
-        if watermark <= clock.watermark_ms:
+        if channel == "payments":
+            entities = self.state.setdefault(partition, {})
+            waiting = self.pending.get(partition, set())
+            for key in sorted(waiting):
+                state = entities.get(key)
+                if isinstance(state, TerminalWindow | CardHistory):
+                    self._publish(batch, state.advance(watermark, self.config))
+                    changed[(partition, key)] = state
+                    if state.pending:
+                        continue
+                waiting.discard(key)
             return
-        clock.watermark_ms = watermark
-        waiting = self.pending.get(partition, set())
-        for key in sorted(waiting):
-            state = entities.get(key)
-            if isinstance(state, TerminalWindow | CardHistory):
-                self._publish(batch, state.advance(watermark, self.config))
-                changed[(partition, key)] = state
-                if state.pending:
-                    continue
-            waiting.discard(key)
+        self._release(batch, changed, partition, channel, watermark)
+        if channel == "features":
+            # Every session this partition held for its tokens up to here is on its way
+            # to its station: the stations' clock may pass.
+            self._forward_clock(batch, "stations", partition, watermark)
 
-    def _station(self, batch: DetectionBatch, memory: StationMemory, keyed: KeyedFeatures) -> None:
+    def _schedule_late(
+        self,
+        changed: dict[tuple[int, bytes], object],
+        partition: int,
+        channel: str,
+        source: int,
+        at_ms: int,
+    ) -> None:
+        """Sessions that waited for ``source``'s next tick are handled at its time."""
+        held = self.held.get(partition, {})
+        for key, item in list(held.items()):
+            if item.at_ms < 0 and item.after_tick_of == source and _channel_of(item) == channel:
+                late = msgspec.structs.replace(item, at_ms=at_ms, after_tick_of=None)
+                held[key] = late
+                changed[(partition, key)] = late
+
+    def _release(
+        self,
+        batch: DetectionBatch,
+        changed: dict[tuple[int, bytes], object],
+        partition: int,
+        channel: str,
+        watermark: int,
+    ) -> None:
+        """The held sessions of ``channel`` the watermark passed, in event-time order."""
+        held = self.held.get(partition, {})
+        due = sorted(
+            (item.at_ms, item.keyed.features.session_id, key)
+            for key, item in held.items()
+            if 0 <= item.at_ms <= watermark and _channel_of(item) == channel
+        )
+        for _, _, key in due:
+            item = held.pop(key)
+            changed[(partition, key)] = None
+            kind, _, entity = item.target.partition(":")
+            keyed = msgspec.structs.replace(item.keyed, order_ms=item.at_ms)
+            self._deliver(batch, changed, partition, kind, entity, item.target.encode(), keyed)
+
+    def _station(
+        self,
+        batch: DetectionBatch,
+        changed: dict[tuple[int, bytes], object],
+        partition: int,
+        memory: StationMemory,
+        keyed: KeyedFeatures,
+    ) -> None:
+        """Session rules, then (the first time the session is seen) the online scorer and
+        the offline model; every alert the station raises, once."""
         f = keyed.features
         at = _ms(f.event_time)
         memory.latest_ms = max(memory.latest_ms, at)
@@ -356,13 +528,31 @@ class DetectionProcessor:
             if alert.alert_id not in memory.alerted:
                 memory.alerted[alert.alert_id] = at
                 fresh.append(alert)
+        if keyed.token_features:
+            batch.token_features[f.session_id] = keyed.token_features
         if f.session_id not in memory.scored:
             memory.scored[f.session_id] = at
+            if self.online is not None:
+                scorer = self._scorer(partition)
+                scored, online_alerts = scorer.observe_scored(f, keyed.token_features)
+                changed[(partition, _ONLINE)] = scorer
+                batch.scores.append(scored)
+                for alert in online_alerts:
+                    if alert.alert_id not in memory.alerted:
+                        memory.alerted[alert.alert_id] = at
+                        fresh.append(alert)
             if self.model is not None:
                 merged = {**f.features, **keyed.token_features}
                 self._to_score.append((memory, msgspec.structs.replace(f, features=merged)))
         memory.prune()
         self._publish(batch, fresh)
+
+    def _scorer(self, partition: int) -> OnlineScorer:
+        entities = self.state.setdefault(partition, {})
+        scorer = entities.get(_ONLINE)
+        if not isinstance(scorer, OnlineScorer):
+            scorer = entities[_ONLINE] = OnlineScorer(self.online)
+        return scorer
 
     def _score_offline(self, batch: DetectionBatch) -> None:
         """The batch's new sessions through the offline model in service, in one call."""
@@ -421,12 +611,21 @@ class DetectionProcessor:
             if value is None:
                 entities.pop(key, None)
                 continue
+            if key == _ONLINE:
+                try:
+                    entities[key] = OnlineScorer.from_bytes(value)
+                except ValueError:
+                    log.warning("detection changelog: online scorer of another format dropped")
+                continue
             kind = key.split(b":", 1)[0].decode("utf-8", "replace")  # b"clock" has no ":"
             decoder = _state_decoders.get(kind)
             if decoder is None:
                 log.warning("detection changelog: unknown key %r skipped", key)
                 continue
             entities[key] = decoder.decode(value)
+        self.held[partition] = {k: v for k, v in list(entities.items()) if isinstance(v, Held)}
+        for k in self.held[partition]:
+            del entities[k]
         self.state[partition] = entities
         self.pending[partition] = {
             k
@@ -439,6 +638,7 @@ class DetectionProcessor:
         """Drop a partition this worker no longer owns."""
         self.state.pop(partition, None)
         self.pending.pop(partition, None)
+        self.held.pop(partition, None)
 
 
 class InMemoryDetection:
@@ -452,6 +652,9 @@ class InMemoryDetection:
     def __init__(self, processor: DetectionProcessor) -> None:
         self.processor = processor
         self.alerts: dict[str, FraudAlert] = {}
+        self.scores: dict[str, OnlineScore] = {}
+        """The online score of every scored session."""
+        self.token_features: dict[str, dict[str, float]] = {}
         self.dead_letters: list[Output] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self._offsets: Counter[tuple[str, int]] = Counter()
@@ -477,6 +680,8 @@ class InMemoryDetection:
         while batch:
             result = p.process(batch, now=now)
             self.counts.update(result.counts)
+            self.scores.update((s.session_id, s) for s in result.scores)
+            self.token_features.update(result.token_features)
             batch = []
             for o in result.outputs:
                 if o.topic == p.keyed_topic:

@@ -40,7 +40,7 @@ from topics.records import (
     Tariff,
 )
 
-__all__ = ["Replay", "partition_for", "read_jsonl", "time_ordered"]
+__all__ = ["Replay", "partition_for", "read_jsonl", "station_partition", "time_ordered"]
 
 REFERENCE = ("stations", "tariffs")
 Line = tuple[str, str | None, bytes]
@@ -54,6 +54,18 @@ def partition_for(key: bytes, partitions: int) -> int:
     4
     """
     return zlib.crc32(key) % partitions
+
+
+def station_partition(station_id: str) -> int:
+    """The detection partition of a station's key ``station:<id>`` (what the stage uses).
+
+    ``voltguard replay`` gives it to :class:`~models.detect.Detector` so that it keeps one
+    online scorer per partition, as the workers do.
+
+    >>> station_partition("CP1") == partition_for(b"station:CP1", 6)
+    True
+    """
+    return partition_for(b"station:" + station_id.encode(), CATALOG["detection_keyed"].partitions)
 
 
 @dataclass
@@ -165,7 +177,8 @@ class Replay:
             if o.topic == self._dead:
                 self.dead_letters.append(decode(o.value or b"", DeadLetter))
             elif o.topic == self._features_topic:
-                detect.append((o.topic, partition_for(o.key, 6), o.key, o.value))
+                part = o.partition if o.partition is not None else partition_for(o.key, 6)
+                detect.append((o.topic, part, o.key, o.value))
         for e in billed.emitted:
             self._collect(e)
         for f in billed.features:

@@ -18,6 +18,7 @@ import msgspec
 from models.evaluation import Report, detections, evaluate
 from streams.replay import Replay, time_ordered
 from streams.settings import ConfigError, Settings
+from topics.records import SessionFeatures
 from topics.simulation.faults import SimLabel
 
 __all__ = ["replay"]
@@ -70,7 +71,9 @@ def summarize(run: Replay, elapsed_s: float) -> dict[str, Any]:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Write bills.jsonl, reconciliation.jsonl (latest version of each result), "
-    "mismatches.jsonl and dead_letters.jsonl here.",
+    "mismatches.jsonl and dead_letters.jsonl here; with detection also alerts.jsonl, "
+    "features.jsonl (latest features of every session, token features merged in) and "
+    "scores.jsonl (the online score of every session).",
 )
 @click.option(
     "--hash-secret",
@@ -146,6 +149,11 @@ def replay(
         _write(out_dir / "dead_letters.jsonl", run.dead_letters)
         if run.detection is not None:
             _write(out_dir / "alerts.jsonl", alerts)
+            _write(out_dir / "features.jsonl", _merged_features(run))
+            _write(
+                out_dir / "scores.jsonl",
+                sorted(run.detection.scores.values(), key=lambda s: (s.event_time, s.session_id)),
+            )
         summary["out_dir"] = str(out_dir)
     if fmt == "json":
         click.echo(msgspec.json.encode(summary).decode())
@@ -180,6 +188,16 @@ def replay(
         )
     if out_dir is not None:
         click.echo(f"written to {out_dir}")
+
+
+def _merged_features(run: Replay) -> list[SessionFeatures]:
+    """The latest features of every session, its token features merged in, in time order."""
+    token = run.detection.token_features if run.detection is not None else {}
+    out = []
+    for f in sorted(run.features.values(), key=lambda f: (f.event_time, f.session_id)):
+        extra = token.get(f.session_id)
+        out.append(msgspec.structs.replace(f, features={**f.features, **extra}) if extra else f)
+    return out
 
 
 def _fmt(value: float | None) -> str:

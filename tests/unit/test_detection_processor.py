@@ -5,16 +5,16 @@ topic, nothing raised twice."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
 
-from streams.detection import DetectionProcessor, InMemoryDetection, KeyedFeatures
+from streams.detection import DetectionProcessor, InMemoryDetection, KeyedClock, KeyedFeatures
 from streams.replay import Replay, partition_for
-from topics.catalog import topic
+from topics.catalog import CLOCK_KEY, topic
 from topics.codec import decode, encode
-from topics.records import DeadLetter, SessionFeatures
+from topics.records import ClockTick, DeadLetter, SessionFeatures
 from topics.simulation.config import SimulationConfig
 from topics.simulation.engine import Simulation
 
@@ -52,7 +52,12 @@ def _feed(run: InMemoryDetection, inputs: list[Message], size: int) -> None:
         run.feed(inputs[start : start + size], now=NOW)
 
 
-_pack = msgspec.msgpack.Encoder().encode
+_msgpack = msgspec.msgpack.Encoder().encode
+
+
+def _pack(state: object) -> bytes:
+    to_bytes = getattr(state, "to_bytes", None)
+    return to_bytes() if to_bytes is not None else _msgpack(state)
 
 
 def _processor() -> DetectionProcessor:
@@ -163,7 +168,17 @@ def test_bad_input_goes_to_the_dead_letter_topic(
     assert result.counts[(short, "dead_letter")] == 1
 
 
-def test_features_are_rekeyed_by_token_then_station() -> None:
+def _clock(channel: str, at: datetime, partition: int) -> list[tuple]:  # type: ignore[type-arg]
+    """``clock:<channel>/<source>`` ticks from every source partition, as they reach one
+    keyed partition."""
+    return [
+        (topic("detection_keyed"), partition, 0, f"clock:{channel}/{s}".encode(),
+         msgspec.json.encode(KeyedClock(int(at.timestamp() * 1000), channel)))
+        for s in range(6)
+    ]  # fmt: skip
+
+
+def test_features_are_held_until_the_clock_then_rekeyed_by_token_then_station() -> None:
     f = SessionFeatures(
         event_id="f1",
         event_time=NOW,
@@ -174,19 +189,54 @@ def test_features_are_rekeyed_by_token_then_station() -> None:
         features={"register_rollbacks": 1.0, "rollback_wh": 50.0},
     )
     p = _processor()
-    first = p.process([(topic("session_features"), 0, 0, b"s1", encode(f))], now=NOW)
+    first = p.process([(topic("session_features"), 3, 0, b"s1", encode(f))], now=NOW)
     [out] = first.outputs
     assert out.key == b"token:" + ("ab" * 16).encode()
     assert out.partition == partition_for(out.key, 6)
-    second = p.process([(out.topic, out.partition, 0, out.key, out.value)], now=NOW)
+    q = out.partition
+    held = p.process([(out.topic, q, 0, out.key, out.value)], now=NOW)
+    assert held.counts[("detection_keyed", "held")] == 1
+    assert [o.key.split(b"|")[0] for o in held.outputs] == [b"held:" + out.key]
+    assert not [o for o in held.outputs if o.topic == p.keyed_topic]  # waits for the clock
+    second = p.process(_clock("features", NOW, q), now=NOW)
     rekeyed = [o for o in second.outputs if o.topic == p.keyed_topic]
-    assert [o.key for o in rekeyed] == [b"station:CP9"]
+    assert [o.key for o in rekeyed] == [b"station:CP9"] + [f"clock:stations/{q}".encode()] * 6
+    assert [o.value for o in second.outputs if o.topic == p.changelog_topic and
+            o.key.startswith(b"held:")] == [None]  # fmt: skip
     keyed = msgspec.json.decode(rekeyed[0].value or b"", type=KeyedFeatures)
-    assert keyed.token_features["token_new"] == 1.0
-    third = p.process([(p.keyed_topic, 1, 0, b"station:CP9", rekeyed[0].value)], now=NOW)
+    assert keyed.token_features["token_new"] == 1.0 and keyed.source == q
+    r = rekeyed[0].partition
+    assert (
+        p.process([(p.keyed_topic, r, 1, b"station:CP9", rekeyed[0].value)], now=NOW).alerts == []
+    )
+    third = p.process(_clock("stations", NOW, r), now=NOW)
     assert [a.kind for a in third.alerts] == ["meter_rollback"]
-    states = [o for o in third.outputs if o.topic == p.changelog_topic]
-    assert [(o.key, o.partition) for o in states] == [(b"station:CP9", 1)]
+    states = {o.key for o in third.outputs if o.topic == p.changelog_topic and o.value}
+    assert b"station:CP9" in states and b"online" in states
+
+
+def test_a_session_published_after_its_partition_clock_waits_for_the_next_tick() -> None:
+    """Late features are ordered by their own partition's next tick, not by how far the
+    other partitions got: the same order however the partitions interleave."""
+    p = _processor()
+    late = SessionFeatures(event_id="late", event_time=NOW, source="t", session_id="s-late",
+                           station_id="CP1", features={})  # fmt: skip
+    key = b"session:s-late"
+    q = partition_for(key, 6)
+    keyed = msgspec.json.encode(KeyedFeatures(late, source=2))
+    later = NOW + timedelta(minutes=5)
+    p.process(_clock("features", NOW, q), now=NOW)  # partition 2 (and all) passed NOW
+    p.process([(p.keyed_topic, q, 7, key, keyed)], now=NOW)
+    [item] = p.held[q].values()
+    assert (item.at_ms, item.after_tick_of) == (-1, 2)
+    out = p.process([_clock("features", later, q)[2]], now=NOW)  # partition 2's next tick
+    [item] = p.held[q].values()
+    assert item.at_ms == int(later.timestamp() * 1000)
+    assert not [o for o in out.outputs if o.key == b"station:CP1"]  # the others lag
+    out = p.process(_clock("features", later, q), now=NOW)
+    station = [o for o in out.outputs if o.key == b"station:CP1"]
+    assert len(station) == 1 and p.held[q] == {}
+    assert msgspec.json.decode(station[0].value, type=KeyedFeatures).order_ms == item.at_ms
 
 
 def test_the_model_in_service_scores_new_sessions_once_per_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -219,13 +269,20 @@ def test_the_model_in_service_scores_new_sessions_once_per_batch(tmp_path) -> No
     processor = DetectionProcessor(partition_for=partition_for, model=lambda: holder.current())
     run = InMemoryDetection(processor)
     sample = [(topic("session_features"), 0, f.session_id.encode(), encode(f)) for f in sessions]
-    run.feed(sample[:100], now=NOW)
+    end = max(f.event_time for f in sessions) + timedelta(minutes=1)
+    ticks = [(topic("session_features"), n, CLOCK_KEY, encode(ClockTick(event_id=f"t{n}",
+              event_time=end, source="t"))) for n in range(6)]  # fmt: skip
+    run.feed(sample[:100] + ticks, now=NOW)
     assert calls == []  # no model in service yet: rules only
     assert not any(a.detector.startswith("sklearn") for a in run.alerts.values())
     holder.swap(Counting())  # type: ignore[arg-type]
-    run.feed(sample[100:], now=NOW)
+    later = [(t, n, k, encode(ClockTick(event_id=f"u{n}", event_time=end + timedelta(minutes=1),
+              source="t"))) for t, n, k, _ in ticks]  # fmt: skip
+    run.feed(sample[100:] + later, now=NOW)
     anomalies = [a for a in run.alerts.values() if a.detector.startswith("sklearn")]
     assert anomalies and all(a.model_version == "v0001" for a in anomalies)
     assert sum(calls) == 500 and len(calls) == 1  # the feed's station round: one call
-    assert run.feed(sample, now=NOW) == []  # seen before: neither scored nor alerted again
+    again = [(t, n, k, encode(ClockTick(event_id=f"v{n}", event_time=end + timedelta(minutes=2),
+              source="t"))) for t, n, k, _ in ticks]  # fmt: skip
+    assert run.feed(sample + again, now=NOW) == []  # seen before: not scored, not alerted
     assert sum(calls) == 500

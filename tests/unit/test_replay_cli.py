@@ -32,3 +32,16 @@ def test_replay_writes_results_and_scores_detections(tmp_path: Path) -> None:
     bills = (out / "bills.jsonl").read_text().splitlines()
     assert len(bills) == summary["bills"]
     assert (out / "alerts.jsonl").exists() and (out / "mismatches.jsonl").exists()
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == summary["bills"]
+    assert set(scores[0]) == {
+        "session_id", "station_id", "token_hash", "event_time", "score", "threshold",
+        "detector", "model_version", "parts",
+    }  # fmt: skip
+    assert {"river-hst", "station-baseline"} == set(scores[-1]["parts"])
+    assert scores[0]["threshold"] is None  # each partition warms up first (150 sessions)
+    features = [json.loads(line) for line in (out / "features.jsonl").read_text().splitlines()]
+    assert {f["session_id"] for f in features} == {s["session_id"] for s in scores}
+    with_token = [f for f in features if f["token_hash"]]
+    assert with_token and all("token_night_share" in f["features"] for f in with_token)
+    assert all("energy_over_power_integral" in f["features"] for f in features)
