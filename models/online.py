@@ -604,6 +604,11 @@ class OnlineScore(msgspec.Struct, frozen=True, kw_only=True):
     """Every part's score (each in ``[0, 1)``)."""
 
 
+def _num(value: object) -> str:
+    """A value for an explanation: two decimals, or ``-`` when there is none yet."""
+    return f"{value:.2f}" if isinstance(value, int | float) else "-"
+
+
 class OnlineScorer:
     """The online detectors of one partition: fleet model, fleet and station baselines.
 
@@ -833,7 +838,7 @@ class OnlineScorer:
         else:
             top = self._hst_features(x)
             listed = ", ".join(
-                f"{t['feature']} {t['value']:.2f} (fleet median {t['fleet_median']:.2f})"
+                f"{t['feature']} {_num(t['value'])} (fleet median {_num(t['fleet_median'])})"
                 for t in top
             )
             hour = x.get("hour_of_day")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ class DetectionProcessor:
     ) -> DetectionBatch:
         """Handle a batch of ``(topic, partition, offset, key, value)``."""
         batch = DetectionBatch()
+        self._now = now
         changed: dict[tuple[int, bytes], object | None] = {}
         self._to_score: list[tuple[StationMemory, SessionFeatures]] = []
         for source_topic, partition, offset, key, value in messages:
@@ -508,7 +510,15 @@ class DetectionProcessor:
             changed[(partition, key)] = None
             kind, _, entity = item.target.partition(":")
             keyed = msgspec.structs.replace(item.keyed, order_ms=item.at_ms)
-            self._deliver(batch, changed, partition, kind, entity, item.target.encode(), keyed)
+            try:
+                self._deliver(batch, changed, partition, kind, entity, item.target.encode(), keyed)
+            except Exception as exc:  # one bad session must not stop the clock or the others
+                log.exception("detection of held %r failed", key)
+                # Not at an offset of its own: a negative one named after the held row.
+                offset = -1 - zlib.crc32(key)
+                message = (self.keyed_topic, partition, offset, item.target.encode(),
+                           _keyed_encode(keyed))  # fmt: skip
+                reject(batch, message, exc, stage=self.stage, now=self._now)
 
     def _station(
         self,

@@ -286,3 +286,29 @@ def test_the_model_in_service_scores_new_sessions_once_per_batch(tmp_path) -> No
               source="t"))) for t, n, k, _ in ticks]  # fmt: skip
     assert run.feed(sample + again, now=NOW) == []  # seen before: not scored, not alerted
     assert sum(calls) == 500
+
+
+def test_a_held_session_that_fails_goes_to_the_dead_letters_and_the_rest_go_on() -> None:
+    p = _processor()
+    sessions = [
+        SessionFeatures(event_id=f"e{n}", event_time=NOW, source="t", session_id=f"s{n}",
+                        station_id="CP1", features={"register_rollbacks": 1.0})
+        for n in range(3)
+    ]  # fmt: skip
+    real = p._station
+
+    def failing(batch, changed, partition, memory, keyed):  # type: ignore[no-untyped-def]
+        if keyed.features.session_id == "s1":
+            raise ValueError("boom")
+        return real(batch, changed, partition, memory, keyed)
+
+    p._station = failing  # type: ignore[method-assign]
+    run = InMemoryDetection(p)
+    ticks = [(topic("session_features"), n, CLOCK_KEY, encode(ClockTick(
+        event_id=f"t{n}", event_time=NOW + timedelta(minutes=1), source="t"))) for n in range(6)]  # fmt: skip
+    run.feed([(topic("session_features"), 0, f.session_id.encode(), encode(f)) for f in sessions]
+             + ticks, now=NOW)  # fmt: skip
+    assert sorted(a.session_id for a in run.alerts.values()) == ["s0", "s2"]
+    [letter] = [decode(o.value or b"", DeadLetter) for o in run.dead_letters]
+    assert letter.reason == "boom" and letter.original_key == b"station:CP1"
+    assert letter.original_offset < 0 and b'"s1"' in (letter.original_value or b"")
