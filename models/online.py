@@ -521,11 +521,15 @@ class OnlineConfig:
     fleet_limits
         The fleet model's features as ``(name, low, high)``; default :data:`FLEET_LIMITS`.
     quantile
-        The alert threshold is this streaming quantile of the scores seen so far.
+        The fleet model's alert threshold is this streaming quantile of all its scores so
+        far (night charging is rare in the simulator, common in residential garages: the
+        threshold follows the fleet it watches).
     warm_up
         Sessions scored before any alert (the quantile and the baselines settle).
     min_threshold
-        Floor of the threshold (a quiet stream must not alert on its own noise).
+        Floor of the fleet model's threshold (a quiet stream must not alert on its own
+        noise), and the meter baselines' threshold: their part is a robust z-score mapped to
+        ``z / (z + z_half)``, 0.55 is ``z`` of about 4.9 with the default ``z_half``.
     meter_features
         What the station and fleet baselines follow.
     baseline_warm_up, z_half
@@ -555,7 +559,7 @@ class OnlineConfig:
     fleet_limits: tuple[tuple[str, float, float], ...] = tuple(
         (name, lo, hi) for name, (lo, hi) in FLEET_LIMITS.items()
     )
-    quantile: float = 0.995
+    quantile: float = 0.998
     warm_up: int = 150
     min_threshold: float = 0.55
     meter_features: tuple[str, ...] = ("energy_over_power_integral",)
@@ -625,13 +629,13 @@ class OnlineScorer:
       sessions of a station or partition inflate, the honest ones fall below the baseline;
       an under-reading meter costs the operator, and reconciliation shows it).
 
-    After ``warm_up`` sessions a score above the threshold (the ``quantile`` of the scores
-    so far, at least ``min_threshold``) raises an ``anomaly`` alert that names the part, the
-    features, their values and baselines, the threshold and the model version. A score that
-    alerts (or would, during the warm-up: above ``min_threshold``) does not move the
-    quantile: an anomaly that repeats, such as a meter that keeps inflating, must not raise
-    the bar for itself. A session seen again (features are republished when payments follow)
-    is scored again but not learnt twice.
+    After ``warm_up`` sessions a part above its threshold raises an ``anomaly`` alert that
+    names the part, the features, their values and baselines, the threshold and the model
+    version. The fleet model's threshold is the ``quantile`` of all its scores so far (at
+    least ``min_threshold``), so it follows what is usual in the fleet it watches; the meter
+    part's is ``min_threshold`` itself, a robust z-score, because a meter that keeps
+    inflating must not raise its own bar. A session seen again (features are republished
+    when payments follow) is scored again but not learnt twice.
 
     An alert's severity says how far over the threshold the score is, as the share
     ``(score - threshold) / (1 - threshold)``: under 0.2 ``info``, under 0.5 ``warning``,
@@ -705,11 +709,16 @@ class OnlineScorer:
 
     @property
     def threshold(self) -> float | None:
-        """The current alert threshold (None during the warm-up)."""
+        """The fleet model's current alert threshold (None during the warm-up)."""
         if self.sessions_seen < self.config.warm_up:
             return None
         q = self.threshold_quantile.get()
         return max(self.config.min_threshold, q if q is not None else 1.0)
+
+    def _threshold_of(self, part: str) -> float | None:
+        if self.sessions_seen < self.config.warm_up:
+            return None
+        return self.threshold if part == "river-hst" else self.config.min_threshold
 
     def observe(
         self, f: SessionFeatures, token_features: Mapping[str, float] | None = None
@@ -736,11 +745,11 @@ class OnlineScorer:
             z = max(0.0, (self.log_mass[1] - log_mass) / self.config.hst_scale)
             hst = z / (z + self.config.hst_z_half)
         meter, z_station, z_fleet = self._meter_part(x, station)
-        threshold = self.threshold
         if meter > hst:
             score, part = meter, "station-baseline"
         else:
             score, part = hst, "river-hst"
+        threshold = self._threshold_of(part)
         scored = OnlineScore(
             session_id=f.session_id,
             station_id=f.station_id,
@@ -758,9 +767,8 @@ class OnlineScorer:
         if not seen:
             self._remember(key)
             self.sessions_seen += 1
-            bar = self.config.min_threshold if threshold is None else threshold
-            if score <= bar:
-                self.threshold_quantile.update(score)
+            if log_mass is not None:
+                self.threshold_quantile.update(hst)
             if log_mass is not None:
                 n = self.log_mass[0] = self.log_mass[0] + 1
                 self.log_mass[1] += (log_mass - self.log_mass[1]) * max(1.0 / n, _LOG_MASS_ALPHA)
