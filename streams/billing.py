@@ -37,7 +37,7 @@ from confluent_kafka import Message
 from billing.engine import BillingEngine, Emit, LateInputError, to_ms
 from billing.reconciliation import ReconciliationConfig
 from models.features import session_features
-from streams.dead_letters import reject
+from streams.dead_letters import refuse
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import (
     BILLING_EVENTS,
@@ -140,25 +140,12 @@ class BillingProcessor:
             try:
                 emits = self._one(short, partition, key, value)
                 outcome = "accepted"
-            except (RecordDecodeError, LateInputError) as exc:
-                emits, outcome = [], "dead_letter"
-                reject(
-                    batch,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
             except Exception as exc:  # bad input must never crash the worker
-                log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
-                emits, outcome = [], "dead_letter"
-                reject(
-                    batch,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
+                emits = []
+                outcome = refuse(
+                    batch, (source_topic, partition, offset, key, value), exc,
+                    stage=self.stage, now=now, expected=(RecordDecodeError, LateInputError),
+                )  # fmt: skip
             batch.counts[(short, outcome)] += 1
             for e in emits:
                 if e.topic in ("session_bills", "session_features"):

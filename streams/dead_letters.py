@@ -6,6 +6,7 @@ Every stage that rejects a message builds its dead letter here, so the record an
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import datetime
 from typing import Protocol
@@ -16,7 +17,9 @@ from topics.codec import encode
 from topics.identity import stable_id
 from topics.records import DeadLetter
 
-__all__ = ["dead_letter_output", "dead_letter_summary", "reject"]
+__all__ = ["dead_letter_output", "dead_letter_summary", "refuse", "reject"]
+
+log = logging.getLogger(__name__)
 
 Message = tuple[str, int, int, bytes | None, bytes | None]
 """``(topic, partition, offset, key, value)`` as the stage processors take them."""
@@ -69,6 +72,24 @@ def reject(batch: _Batch, message: Message, error: Exception, *, stage: str, now
         )
     )  # fmt: skip
     batch.dead_letter_reasons[type(error).__name__] += 1
+
+
+def refuse(
+    batch: _Batch,
+    message: Message,
+    error: Exception,
+    *,
+    stage: str,
+    now: datetime,
+    expected: tuple[type[Exception], ...],
+) -> str:
+    """:func:`reject` for the ``except Exception`` of a stage's per-message loop (bad input
+    must never crash a worker): an error of an ``expected`` type is the input's fault, any
+    other is logged with its traceback first. Returns the outcome, ``dead_letter``."""
+    if not isinstance(error, expected):
+        log.exception("unexpected error on %s[%d]@%d", *message[:3], exc_info=error)
+    reject(batch, message, error, stage=stage, now=now)
+    return "dead_letter"
 
 
 def dead_letter_summary(letter: DeadLetter) -> str:

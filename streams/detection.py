@@ -48,7 +48,7 @@ from confluent_kafka import Message
 
 from models.online import OnlineConfig, OnlineScore, OnlineScorer
 from models.rules import CardHistory, RuleConfig, TerminalWindow, TokenHistory, session_alerts
-from streams.dead_letters import reject
+from streams.dead_letters import refuse
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import ALERTS, DEAD_LETTERS, DETECTION_EVENTS, DETECTION_SECONDS
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
@@ -284,25 +284,11 @@ class DetectionProcessor:
             short = self._topics.get(source_topic, source_topic)
             try:
                 outcome = self._one(batch, changed, short, partition, key, value)
-            except RecordDecodeError as exc:
-                outcome = "dead_letter"
-                reject(
-                    batch,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
             except Exception as exc:  # bad input must never crash the worker
-                log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
-                outcome = "dead_letter"
-                reject(
-                    batch,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
+                outcome = refuse(
+                    batch, (source_topic, partition, offset, key, value), exc,
+                    stage=self.stage, now=now, expected=(RecordDecodeError,),
+                )  # fmt: skip
             batch.counts[(short, outcome)] += 1
         if self._to_score:
             self._score_offline(batch)
@@ -513,12 +499,11 @@ class DetectionProcessor:
             try:
                 self._deliver(batch, changed, partition, kind, entity, item.target.encode(), keyed)
             except Exception as exc:  # one bad session must not stop the clock or the others
-                log.exception("detection of held %r failed", key)
                 # Not at an offset of its own: a negative one named after the held row.
                 offset = -1 - zlib.crc32(key)
                 message = (self.keyed_topic, partition, offset, item.target.encode(),
                            _keyed_encode(keyed))  # fmt: skip
-                reject(batch, message, exc, stage=self.stage, now=self._now)
+                refuse(batch, message, exc, stage=self.stage, now=self._now, expected=())
 
     def _station(
         self,

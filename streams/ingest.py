@@ -26,7 +26,7 @@ from confluent_kafka import (
     Message,
 )
 
-from streams.dead_letters import dead_letter_summary, reject
+from streams.dead_letters import dead_letter_summary, refuse
 from streams.loop import Output, TransactionalLoop
 from streams.metrics import DEAD_LETTERS, INGEST_EVENTS
 from streams.settings import DEFAULT_INGEST_GROUP, Settings
@@ -119,25 +119,11 @@ class IngestProcessor:
                 outcome = self._one(short, partition, value, result.outputs)
             except UnsupportedFrame:
                 outcome = "ignored"
-            except RecordDecodeError as exc:
-                outcome = "dead_letter"
-                reject(
-                    result,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
             except Exception as exc:  # bad input must never crash the worker
-                log.exception("unexpected error on %s[%d]@%d", source_topic, partition, offset)
-                outcome = "dead_letter"
-                reject(
-                    result,
-                    (source_topic, partition, offset, key, value),
-                    exc,
-                    stage=self.stage,
-                    now=now,
-                )
+                outcome = refuse(
+                    result, (source_topic, partition, offset, key, value), exc,
+                    stage=self.stage, now=now, expected=(RecordDecodeError,),
+                )  # fmt: skip
             result.counts[(short, outcome)] += 1
         if self._future:
             result.counts[("clock", "future_time_ignored")] += self._future
