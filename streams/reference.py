@@ -17,21 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
-    KafkaException,
     Message,
     TopicPartition,
 )
 
 from streams.settings import Settings
+from streams.topic_reader import assign_consumer, handle_error, topic_partitions, watermarks_until
 from topics.catalog import CATALOG
 from topics.codec import decode
 from topics.exceptions import RecordDecodeError
@@ -132,102 +129,6 @@ class ReferenceData:
             self.applied += 1
 
 
-def _consumer(settings: Settings) -> Consumer:
-    """A consumer for assign() only: no group membership, no commits, committed data only."""
-    return Consumer(
-        {
-            **settings.kafka.client_config(),
-            # librdkafka wants a group id, but assign() never joins the group and nothing is
-            # committed, so a throwaway name leaves no trace on the cluster.
-            "group.id": f"voltguard-reference-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-
-
-_TRANSIENT = frozenset(
-    {
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError._TIMED_OUT,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-    }
-)
-"""Errors of a topic that was just created or a broker that is moving leadership: retried."""
-
-
-def _partitions(
-    consumer: Consumer, topics: Iterable[str], timeout_s: float
-) -> list[tuple[str, int]]:
-    """Every (topic, partition) of ``topics``, once each partition has a leader.
-
-    A missing topic is an error naming it at once; a topic without leaders yet (just created)
-    is asked again until ``timeout_s``.
-    """
-    deadline = time.monotonic() + timeout_s
-    out = []
-    for name in topics:
-        while True:
-            remaining = max(deadline - time.monotonic(), 1.0)
-            metadata = consumer.list_topics(name, timeout=remaining).topics.get(name)
-            error = metadata.error if metadata is not None else None
-            if metadata is None or (
-                error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-            ):
-                raise RuntimeError(
-                    f"reference topic {name} does not exist; create it with `voltguard topics create`"
-                )
-            ready = (
-                error is None
-                and metadata.partitions
-                and all(p.leader >= 0 for p in metadata.partitions.values())
-            )
-            if ready:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"reference topic {name} has no leader for all partitions after "
-                    f"{timeout_s:g} s ({error or 'no partitions'})"
-                )
-            time.sleep(0.1)
-        out.extend((name, p) for p in sorted(metadata.partitions))
-    return out
-
-
-def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
-    """(low, high) watermark of a partition, retrying transient errors until ``deadline``."""
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(
-                tp, timeout=max(deadline - time.monotonic(), 1.0), cached=False
-            )
-            return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code not in _TRANSIENT or time.monotonic() > deadline:
-                raise
-            log.debug("watermarks of %s[%d]: %s; retrying", tp.topic, tp.partition, error)
-            time.sleep(0.1)
-
-
-def _handle_error(msg: Message) -> int | None:
-    """The offset of a partition-EOF event; other errors are logged (fatal ones raise)."""
-    error = msg.error()
-    if error.code() == KafkaError._PARTITION_EOF:
-        return int(msg.offset())
-    if error.fatal():
-        raise RuntimeError(f"reference consumer: fatal Kafka error: {error}")
-    log.warning("reference consumer: %s", error)
-    return None
-
-
 def read_reference(
     settings: Settings, *, timeout_s: float = 30.0, data: ReferenceData | None = None
 ) -> ReferenceData:
@@ -262,12 +163,12 @@ def read_reference(
     """
     data = ReferenceData() if data is None else data
     deadline = time.monotonic() + timeout_s
-    consumer = _consumer(settings)
+    consumer = assign_consumer(settings, "reference")
     try:
-        partitions = _partitions(consumer, reference_topics(), timeout_s)
+        partitions = topic_partitions(consumer, reference_topics(), timeout_s)
         ends: dict[tuple[str, int], int] = {}
         for topic, partition in partitions:
-            low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
+            low, high = watermarks_until(consumer, TopicPartition(topic, partition), deadline)
             ends[(topic, partition)] = high
             data.positions[(topic, partition)] = low
         pending = {tp for tp, end in ends.items() if data.positions[tp] < end}
@@ -286,7 +187,7 @@ def read_reference(
             for msg in consumer.consume(1000, min(remaining, 0.5)):
                 tp = (msg.topic(), msg.partition())
                 if msg.error() is not None:
-                    eof = _handle_error(msg)
+                    eof = handle_error(msg, "reference consumer")
                     if eof is not None:
                         # control records (transaction markers) have offsets too: EOF moves past
                         data.positions[tp] = max(data.positions.get(tp, 0), eof)
@@ -356,9 +257,9 @@ class ReferenceFollower:
         """
         if self._thread is not None:
             raise RuntimeError("ReferenceFollower already started")
-        consumer = _consumer(self._settings)
+        consumer = assign_consumer(self._settings, "reference")
         try:
-            partitions = _partitions(consumer, reference_topics(), timeout_s)
+            partitions = topic_partitions(consumer, reference_topics(), timeout_s)
             consumer.assign(
                 [
                     TopicPartition(t, p, self.data.positions.get((t, p), OFFSET_BEGINNING))
@@ -396,7 +297,7 @@ class ReferenceFollower:
                 for msg in messages:
                     try:
                         if msg.error() is not None:
-                            _handle_error(msg)
+                            handle_error(msg, "reference consumer")
                         else:
                             self.data.apply(msg)
                     except Exception:

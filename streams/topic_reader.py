@@ -32,7 +32,7 @@ from confluent_kafka import (
 
 from streams.settings import Settings
 
-__all__ = ["assign_consumer", "handle_error", "read_to_end", "topic_partitions"]
+__all__ = ["assign_consumer", "handle_error", "read_to_end", "topic_partitions", "watermarks_until"]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def topic_partitions(
     return out
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+def watermarks_until(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """(low, high) watermark of a partition, retrying transient errors until ``deadline``."""
     while True:
         try:
             low, high = consumer.get_watermark_offsets(
@@ -154,7 +155,7 @@ def read_to_end(
     positions: dict[tuple[str, int], int] = {}
     ends: dict[tuple[str, int], int] = {}
     for t, p in partitions:
-        low, high = _watermarks(consumer, TopicPartition(t, p), deadline)
+        low, high = watermarks_until(consumer, TopicPartition(t, p), deadline)
         positions[(t, p)], ends[(t, p)] = low, high
     pending = {tp for tp, end in ends.items() if positions[tp] < end}
     if pending:

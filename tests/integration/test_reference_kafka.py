@@ -227,7 +227,7 @@ def test_the_real_catalog_topics_work_too(
 def test_watermarks_retry_a_partition_without_leader_yet() -> None:
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-    from streams.reference import _watermarks
+    from streams.topic_reader import watermarks_until as _watermarks
 
     class FreshTopicConsumer:
         calls = 0
