@@ -47,7 +47,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import msgspec
@@ -72,11 +71,11 @@ from topics.records import (
     Station,
     Tariff,
 )
+from topics.times import from_ms
 
 __all__ = ["BillingEngine", "Case", "Emit", "LateInputError", "to_ms"]
 
 _NEVER: Final = -(2**62)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SOURCE: Final = "voltguard-billing"
 
 
@@ -521,7 +520,7 @@ def _result(
     at = max(times) if times else 0
     return ReconciliationResult(
         event_id=digest,
-        event_time=_EPOCH + timedelta(milliseconds=at),
+        event_time=from_ms(at),
         source=_SOURCE,
         result_id=stable_id("reconciliation", case.key),
         session_id=s.session_id if s is not None else _named_session(case.key),
@@ -537,5 +536,5 @@ def _result(
         revision=case.revision,
         evidence_event_ids=v.evidence_event_ids,
         detail=v.detail,
-        decided_at=_EPOCH + timedelta(milliseconds=decided_ms) if decided_ms > _NEVER else None,
+        decided_at=from_ms(decided_ms) if decided_ms > _NEVER else None,
     )

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from billing.rating import ChargingPeriod
+from topics.times import from_ms
 
 __all__ = [
     "CHARGING_POWER_W",
@@ -50,7 +50,6 @@ __all__ = [
 CHARGING_POWER_W: Final = 100.0
 """Power (W) at or above which an interval counts as charging even if the register stood still."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 Sample = tuple[int, int, float | None, bool]
 """``(time_ms, register_wh, power_w or None, clock_aligned)``."""
@@ -68,10 +67,6 @@ class MeterAnomaly:
     before_wh: int
     after_wh: int
     kind: Literal["reset", "rollback"]
-
-
-def _dt(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def charging_periods(samples: Sequence[Sample]) -> list[ChargingPeriod]:
@@ -104,7 +99,7 @@ def charging_periods(samples: Sequence[Sample]) -> list[ChargingPeriod]:
 
 def _period(start: int, end: int, energy: int, peak: float, charging: bool) -> ChargingPeriod:
     power = max(peak, 1.0) if charging else 0.0
-    return ChargingPeriod(_dt(start), _dt(end), energy, power)
+    return ChargingPeriod(from_ms(start), from_ms(end), energy, power)
 
 
 def register_anomalies(samples: Sequence[Sample]) -> list[MeterAnomaly]:

@@ -97,7 +97,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from itertools import pairwise
@@ -109,6 +109,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from billing import money
 from billing.exceptions import SessionError, TariffError, UnknownCurrencyError
 from topics.records import BillLine, PriceComponent, Tariff, TariffRestrictions
+from topics.times import EPOCH
 
 __all__ = ["ChargingPeriod", "RatedSession", "rate_session"]
 
@@ -117,7 +118,6 @@ _UNIT: Final = {"FLAT": "session", "ENERGY": "kWh", "TIME": "h", "PARKING_TIME":
 _PER_UNIT: Final = {"ENERGY": 1000, "TIME": 3600, "PARKING_TIME": 3600}  # Wh or s per unit
 _WEEKDAYS: Final = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
 _HHMM: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 _US_PER_S: Final = 1_000_000
 _HOUR_US: Final = 3600 * _US_PER_S
@@ -559,7 +559,7 @@ def _pieces(
     for a, b in pairwise(ordered):
         mid = (a + b) / 2
         at = _Instant(
-            local=_from_us(floor(mid)).astimezone(tariff.zone) if tariff.local else _EPOCH,
+            local=_from_us(floor(mid)).astimezone(tariff.zone) if tariff.local else EPOCH,
             elapsed_us=mid - session_start_us,
             energy_wh=segment.energy_before_wh + energy * (mid - s) / length,
             power_w=segment.power_w,
@@ -767,11 +767,11 @@ def _in_window(start: time | None, end: time | None, wall: time) -> bool:
 
 
 def _to_us(moment: datetime) -> int:
-    return (moment - _EPOCH) // _ONE_US
+    return (moment - EPOCH) // _ONE_US
 
 
 def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+    return EPOCH + timedelta(microseconds=us)
 
 
 def _offset(zone: tzinfo, us: int) -> timedelta | None:

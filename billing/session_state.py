@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
@@ -41,21 +40,15 @@ from billing.periods import MeterAnomaly, Sample, charging_periods, register_ano
 from billing.rating import rate_session
 from topics.identity import stable_id
 from topics.records import MeterReading, SessionBill, SessionEvent, Tariff
+from topics.times import from_ms, to_ms
 
-__all__ = ["SessionState", "build_bill", "to_ms"]
+__all__ = ["SessionState", "build_bill", "to_ms"]  # to_ms: topics.times, re-exported
 
 _PACK: Final = struct.Struct("<qqiB")
 _SIZE: Final = _PACK.size
 _NO_POWER: Final = -(2**31)
 _CLOCK: Final = 1
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _CLOCK_CONTEXTS: Final = frozenset({"Sample.Clock"})
-
-
-def to_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch of a timezone-aware datetime."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 class SessionState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -243,8 +236,8 @@ def build_bill(state: SessionState, tariff: Tariff) -> SessionBill:
     start_ms, end_ms = span
     samples = state.samples()
     periods = charging_periods(samples)
-    start = _EPOCH + timedelta(milliseconds=start_ms)
-    end = _EPOCH + timedelta(milliseconds=end_ms)
+    start = from_ms(start_ms)
+    end = from_ms(end_ms)
     rated = rate_session(tariff, start=start, end=end, periods=periods)
     ids = [i for i in (state.started_event_id, state.ended_event_id) if i]
     event_id = stable_id(

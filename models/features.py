@@ -36,7 +36,6 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from statistics import median
 from typing import Final
@@ -47,6 +46,7 @@ from billing.reconciliation import PaymentRecord
 from billing.session_state import SessionState
 from topics.identity import stable_id
 from topics.records import SessionBill, SessionFeatures, Station
+from topics.times import from_ms
 
 __all__ = [
     "MODEL_INPUT_VERSION",
@@ -129,8 +129,6 @@ NIGHT_HOURS: Final = (1.0, 5.0)
 
 _MIN_INTEGRAL_WH: Final = 50.0
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def _zone(name: str | None) -> ZoneInfo:
     try:
@@ -193,7 +191,7 @@ def session_features(
     capability_wh = max_w * duration_s / 3600
     peak_w = max(state.max_power_w, max((p.max_power_w for p in periods), default=0.0))
     zone = _zone(station.timezone if station else None)
-    local = (_EPOCH + timedelta(milliseconds=start_ms)).astimezone(zone)
+    local = (from_ms(start_ms)).astimezone(zone)
     hour = local.hour + local.minute / 60
     price = price_minor or 0
     captured = sum(p.amount_minor for p in payments if p.kind == "captured")
@@ -253,7 +251,7 @@ def session_features(
             state.seq_repeats,
             len(payments),
         ),
-        event_time=_EPOCH + timedelta(milliseconds=end_ms),
+        event_time=from_ms(end_ms),
         source="voltguard-billing",
         session_id=state.session_id,
         station_id=state.station_id or "unknown",
@@ -263,7 +261,7 @@ def session_features(
         token_type=state.token_type,
         auth_status=state.auth_status,
         card_fingerprint_hashes=sorted({p.card for p in payments if p.card}),
-        started_at=_EPOCH + timedelta(milliseconds=start_ms),
+        started_at=from_ms(start_ms),
         lat=station.lat if station else None,
         lon=station.lon if station else None,
         evidence_event_ids=ids + [p.event_id for p in payments][:20],

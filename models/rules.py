@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Final, Literal
 
 import msgspec
@@ -44,6 +44,7 @@ import msgspec
 from models.features import NIGHT_HOURS
 from topics.identity import stable_id
 from topics.records import FraudAlert, PaymentEvent, SessionFeatures
+from topics.times import from_ms, to_ms
 
 __all__ = [
     "RULE_KINDS",
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 Severity = Literal["info", "warning", "error", "critical"]
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SOURCE: Final = "voltguard-rules"
 
 RULE_KINDS: Final = (
@@ -309,11 +309,6 @@ def _same_site(a: TokenSession, b: TokenSession, cfg: RuleConfig) -> bool:
     return km_between(a.lat, a.lon, b.lat, b.lon) < cfg.overlap_min_km  # type: ignore[arg-type]
 
 
-def _ms(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
 class TokenHistory(msgspec.Struct, kw_only=True):
     """One token's recent sessions (a table row keyed by token hash) and its rules.
 
@@ -333,8 +328,8 @@ class TokenHistory(msgspec.Struct, kw_only=True):
     ) -> tuple[list[FraudAlert], dict[str, float]]:
         """Add one ended session of this token; its alerts and ``token_*`` features."""
         x = f.features
-        start = _ms(f.started_at) if f.started_at else _ms(f.event_time)
-        end = _ms(f.event_time)
+        start = to_ms(f.started_at) if f.started_at else to_ms(f.event_time)
+        end = to_ms(f.event_time)
         new = TokenSession(
             f.session_id, f.station_id, start, end, f.lat, f.lon, bool(x.get("offline")),
             list(f.evidence_event_ids[:3]),
@@ -419,7 +414,7 @@ class TokenHistory(msgspec.Struct, kw_only=True):
             kind, "critical", 1.0,
             subject_type="token", subject_id=self.token_hash,
             about=(first.session_id, second.session_id),
-            at=_EPOCH + timedelta(milliseconds=later.end_ms),
+            at=from_ms(later.end_ms),
             session_id=later.session_id, station_id=later.station_id,
             explanation=text, evidence=evidence,
             event_ids=[*first.event_ids, *second.event_ids],
@@ -491,7 +486,7 @@ class CardHistory(msgspec.Struct, kw_only=True):
             paid.captured_minor += p.amount_minor
         else:
             paid.refunded_minor += p.amount_minor
-        paid.last_ms = max(paid.last_ms, _ms(p.event_time))
+        paid.last_ms = max(paid.last_ms, to_ms(p.event_time))
         paid.session_id = paid.session_id or p.session_id
         horizon = paid.last_ms - cfg.card_memory_days * 86_400_000
         if any(x.last_ms < horizon for x in self.payments.values()):
@@ -517,7 +512,7 @@ class CardHistory(msgspec.Struct, kw_only=True):
                     _alert(
                         "refund_abuse", "error", over,
                         subject_type="card", subject_id=self.card_hash, about=(payment_id,),
-                        at=_EPOCH + timedelta(milliseconds=paid.last_ms),
+                        at=from_ms(paid.last_ms),
                         session_id=paid.session_id,
                         explanation=(
                             f"{paid.refunded_minor} {paid.currency} refunded on payment "
@@ -571,7 +566,7 @@ class TerminalWindow(msgspec.Struct, kw_only=True):
             return []
         if any(a.event_id == p.event_id for a in self.attempts):
             return []
-        at = _ms(p.event_time)
+        at = to_ms(p.event_time)
         if at <= self.scanned_ms:
             return []  # later than the watermark allowed: decided without it
         self.attempts = sorted(
@@ -641,7 +636,7 @@ class TerminalWindow(msgspec.Struct, kw_only=True):
         return _alert(
             "card_testing", "critical", failed / n,
             subject_type="terminal", subject_id=self.terminal_id, about=(first.event_id,),
-            at=_EPOCH + timedelta(milliseconds=last.at_ms), station_id=self.station_id,
+            at=from_ms(last.at_ms), station_id=self.station_id,
             explanation=(
                 f"{n} small authorisations in {(last.at_ms - first.at_ms) / 60_000:.0f} min at "
                 f"terminal {self.terminal_id}, {failed} failed"

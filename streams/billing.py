@@ -30,7 +30,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from confluent_kafka import Message
 
@@ -62,8 +62,7 @@ from topics.records import (
     Station,
     Tariff,
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from topics.times import from_ms
 
 __all__ = ["INPUT_TOPICS", "BillingBatch", "BillingLoop", "BillingProcessor", "BillingStage"]
 
@@ -174,7 +173,7 @@ class BillingProcessor:
         self._features_ticked[partition] = minute
         tick = ClockTick(
             event_id=stable_id("features-clock", partition, minute),
-            event_time=_EPOCH + timedelta(milliseconds=minute),
+            event_time=from_ms(minute),
             source=self.stage,
         )
         batch.outputs.append(Output(self._features_topic, CLOCK_KEY, encode(tick), partition))

@@ -56,6 +56,7 @@ from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.records import ClockTick, FraudAlert, PaymentEvent, SessionFeatures
+from topics.times import to_ms
 
 __all__ = [
     "DetectionBatch",
@@ -208,10 +209,6 @@ def _channel_of(item: Held) -> str:
     return _HELD_CHANNEL[item.target.partition(":")[0]]
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 class DetectionProcessor:
     """Pure batch handling of the detection stage, with the entities' state per partition.
 
@@ -318,7 +315,7 @@ class DetectionProcessor:
             # Event time, on to every keyed partition: terminals and cards decide on the
             # oldest payment partition's clock, tokens on the oldest features partition's.
             tick = decode(value, ClockTick)
-            self._forward_clock(batch, channel, partition, _ms(tick.event_time))
+            self._forward_clock(batch, channel, partition, to_ms(tick.event_time))
             return "clock"
         if value is None:
             raise RecordDecodeError("message has no value (null)")
@@ -362,7 +359,7 @@ class DetectionProcessor:
             # on that partition alone, not on how far the others were read.
             clock = self._partition_clock(partition)
             channel = _HELD_CHANNEL[kind]
-            at = keyed.order_ms if keyed.order_ms is not None else _ms(keyed.features.event_time)
+            at = keyed.order_ms if keyed.order_ms is not None else to_ms(keyed.features.event_time)
             after = None
             if at <= clock.sources.get(channel, {}).get(str(keyed.source), -1):
                 at, after = -1, keyed.source
@@ -374,7 +371,7 @@ class DetectionProcessor:
         if isinstance(keyed, KeyedPayment) and kind == "terminal":
             clock = self._partition_clock(partition)
             latest = clock.sources.get("payments", {}).get(str(keyed.source), -1)
-            if _ms(keyed.payment.event_time) <= latest:
+            if to_ms(keyed.payment.event_time) <= latest:
                 return "late"  # decided without it, whatever the other partitions' pace
         self._deliver(batch, changed, partition, kind, entity, state_key, keyed)
         return "accepted"
@@ -397,7 +394,7 @@ class DetectionProcessor:
                 self._publish(batch, alerts)
                 changed[(partition, state_key)] = state
             f = keyed.features
-            order = keyed.order_ms if keyed.order_ms is not None else _ms(f.event_time)
+            order = keyed.order_ms if keyed.order_ms is not None else to_ms(f.event_time)
             self._rekey(
                 batch,
                 f"station:{f.station_id}",
@@ -516,7 +513,7 @@ class DetectionProcessor:
         """Session rules, then (the first time the session is seen) the online scorer and
         the offline model; every alert the station raises, once."""
         f = keyed.features
-        at = _ms(f.event_time)
+        at = to_ms(f.event_time)
         memory.latest_ms = max(memory.latest_ms, at)
         fresh = []
         for alert in session_alerts(f, self.config):
@@ -560,7 +557,7 @@ class DetectionProcessor:
         for alert in alerts:
             memory = memories.get(alert.session_id or "")
             if memory is not None and alert.alert_id not in memory.alerted:
-                memory.alerted[alert.alert_id] = _ms(alert.event_time)
+                memory.alerted[alert.alert_id] = to_ms(alert.event_time)
                 fresh.append(alert)
         self._publish(batch, fresh)
 

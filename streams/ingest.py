@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import msgspec
 from confluent_kafka import (
@@ -49,18 +49,13 @@ from topics.records import (
     PaymentEvent,
     SessionEvent,
 )
+from topics.times import from_ms, to_ms
 
 __all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output", "dead_letter_summary"]
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_MS = 86_400_000
-
-
-def _ms(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
@@ -109,7 +104,7 @@ class IngestProcessor:
     ) -> BatchResult:
         """Handle a batch of ``(topic, partition, offset, key, value)``."""
         result = BatchResult()
-        self._now_ms = _ms(now)
+        self._now_ms = to_ms(now)
         self._future = 0
         for source_topic, partition, offset, key, value in messages:
             short = self._topics.get(source_topic, source_topic)
@@ -184,7 +179,7 @@ class IngestProcessor:
         tick = encode(
             ClockTick(
                 event_id=stable_id("clock", minute),
-                event_time=_EPOCH + timedelta(milliseconds=minute),
+                event_time=from_ms(minute),
                 source=self.stage,
             )
         )
@@ -194,7 +189,7 @@ class IngestProcessor:
 
     def _saw(self, moment: datetime) -> None:
         """Input time of the current message; a day or more ahead of ``now`` is ignored."""
-        ms = _ms(moment)
+        ms = to_ms(moment)
         if ms > self._now_ms + _DAY_MS:
             self._future += 1
             return

@@ -13,14 +13,16 @@ Examples
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+
+from topics.times import EPOCH, from_ms, to_ms
 
 __all__ = ["DAY_MS", "HOUR_MS", "MINUTE_MS", "iso_ms", "iso_s", "to_datetime", "to_ms"]
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = EPOCH
 _DAYS: dict[int, str] = {}
 
 
@@ -49,14 +51,5 @@ def iso_ms(ms: int) -> str:
     return f"{_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
 
 
-def to_datetime(ms: int) -> datetime:
-    """The timezone-aware UTC datetime of ``ms``."""
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def to_ms(value: datetime) -> int:
-    """Milliseconds since the epoch of a timezone-aware datetime."""
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: simulated time is UTC, give a timezone")
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+to_datetime = from_ms
+"""The timezone-aware UTC datetime of ``ms`` (:func:`topics.times.from_ms`)."""
