@@ -50,7 +50,14 @@ from models.online import OnlineConfig, OnlineScore, OnlineScorer
 from models.rules import CardHistory, RuleConfig, TerminalWindow, TokenHistory, session_alerts
 from streams.dead_letters import refuse
 from streams.loop import Output, TransactionalLoop
-from streams.metrics import ALERTS, DEAD_LETTERS, DETECTION_EVENTS, DETECTION_SECONDS
+from streams.metrics import (
+    ALERTS,
+    DEAD_LETTERS,
+    DETECTION_EVENTS,
+    DETECTION_SECONDS,
+    MODEL_VERSION,
+    ONLINE_SCORES,
+)
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
 from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
 from topics.codec import decode, encode
@@ -709,6 +716,7 @@ class DetectionStage:
         self.input_topics = (topic("session_features"), topic("payment_events"), keyed.name)
         processor.changelog_topic = changelog.name
         processor.use_keyed_topic(keyed.name)
+        self._versions: dict[str, str] = {}
 
     def process(self, batch: list[Message], now: datetime) -> DetectionBatch:
         started = time.perf_counter()
@@ -732,6 +740,18 @@ class DetectionStage:
             DEAD_LETTERS.labels(stage="detection", error=reason).inc(n)
         for alert in result.alerts:
             ALERTS.labels(kind=alert.kind, severity=alert.severity).inc()
+        for scored in result.scores:
+            ONLINE_SCORES.observe(scored.score)
+        versions = {"online": result.scores[-1].model_version} if result.scores else {}
+        loaded = self.processor.model() if self.processor.model is not None else None
+        if loaded is not None:
+            versions["offline"] = f"{loaded.model_name}/{loaded.version}"
+        for detector, version in versions.items():
+            if self._versions.get(detector) != version:
+                if detector in self._versions:
+                    MODEL_VERSION.remove(detector, self._versions[detector])
+                MODEL_VERSION.labels(detector=detector, version=version).set(1)
+                self._versions[detector] = version
 
 
 def DetectionLoop(

@@ -13,6 +13,8 @@ __all__ = [
     "DETECTION_EVENTS",
     "DETECTION_SECONDS",
     "INGEST_EVENTS",
+    "MODEL_VERSION",
+    "ONLINE_SCORES",
     "OPEN_SESSIONS",
     "RECONCILIATION_RESULTS",
     "WATERMARK",
@@ -65,6 +67,16 @@ DETECTION_SECONDS = Histogram(
     "Processing time per input message of a detection batch (rules and scoring, before the "
     "Kafka transaction), seconds.",
     buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3),
+)
+ONLINE_SCORES = Histogram(
+    "voltguard_detection_online_score",
+    "Online anomaly score of each newly scored session (0-1, high = unusual).",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+)
+MODEL_VERSION = Gauge(
+    "voltguard_detection_model_info",
+    "1 for the model version a detection worker scores with, by detector (online, offline).",
+    ["detector", "version"],
 )
 BATCH_SECONDS = Histogram(
     "voltguard_stage_batch_seconds",

@@ -312,3 +312,30 @@ def test_a_held_session_that_fails_goes_to_the_dead_letters_and_the_rest_go_on()
     [letter] = [decode(o.value or b"", DeadLetter) for o in run.dead_letters]
     assert letter.reason == "boom" and letter.original_key == b"station:CP1"
     assert letter.original_offset < 0 and b'"s1"' in (letter.original_value or b"")
+
+
+def test_the_stage_records_alerts_scores_and_model_versions_as_metrics(
+    recorded: RecordingDetection,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from streams.detection import DetectionBatch, DetectionStage
+    from topics.catalog import CATALOG
+
+    stage = DetectionStage(
+        _processor(), changelog=CATALOG["detection_state"], keyed=CATALOG["detection_keyed"]
+    )
+    scores = list(recorded.scores.values())[:40]
+    alert = next(iter(recorded.alerts.values()))
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("voltguard_detection_online_score_count")
+    alerts_before = value("voltguard_fraud_alerts_total", kind=alert.kind, severity=alert.severity)
+    stage.record_metrics(DetectionBatch(alerts=[alert], scores=scores))
+    assert value("voltguard_detection_online_score_count") == before + 40
+    assert value("voltguard_fraud_alerts_total", kind=alert.kind,
+                 severity=alert.severity) == alerts_before + 1  # fmt: skip
+    version = scores[-1].model_version
+    assert value("voltguard_detection_model_info", detector="online", version=version) == 1
