@@ -17,10 +17,11 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -94,12 +95,11 @@ class Replay:
     publish, when given (:meth:`with_detection`)."""
 
     @classmethod
-    def with_detection(cls, **kw: object) -> Replay:
-        """A replay that also runs the detection stage as the worker does."""
-        return cls(
-            detection=InMemoryDetection(DetectionProcessor(partition_for=partition_for)),
-            **kw,  # type: ignore[arg-type]
-        )
+    def with_detection(cls, *, model: Callable[[], Any] | None = None, **kw: object) -> Replay:
+        """A replay that also runs the detection stage as the worker does (``model``: the
+        offline model in service, as :class:`~streams.detection.DetectionProcessor` takes it)."""
+        processor = DetectionProcessor(partition_for=partition_for, model=model)
+        return cls(detection=InMemoryDetection(processor), **kw)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         self.ingest = IngestProcessor(hash_secret=self.hash_secret)
