@@ -58,7 +58,11 @@ def produce_demo_traffic(*, bootstrap: str, sessions: int, seed: int, hash_secre
     from streams.commands.simulate import produce_to_kafka
     from topics.simulation.config import SimulationConfig
 
-    config = SimulationConfig(seed=seed, sessions=sessions, stations=max(5, sessions // 8))
+    # Faults four times as often as the simulator's defaults: a few hundred sessions then
+    # show most kinds of fraud and mismatch, not two.
+    config = SimulationConfig(
+        seed=seed, sessions=sessions, stations=max(5, sessions // 8), fault_scale=4.0
+    )
     produce_to_kafka(
         config, hash_secret=hash_secret.encode(), bootstrap_servers=bootstrap, rate=3000.0
     )
