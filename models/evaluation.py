@@ -186,8 +186,13 @@ ANOMALY_ALERT: Final = "anomaly"
 any anomaly kind (``anomaly:...``), and recall of those kinds counts it."""
 
 
+MODEL_ALERT: Final = "session_anomaly"
+"""The kind of the offline (retrained) model's alerts: it names no fault either, so it is
+right about a session any fault label mentions (it counts in precision, not in recall)."""
+
+
 def _same_kind(detected: str, labelled: str) -> bool:
-    return detected == labelled or (
+    return detected in (labelled, MODEL_ALERT) or (
         detected == ANOMALY_ALERT and labelled.startswith(ANOMALY_ALERT + ":")
     )
 
@@ -229,7 +234,7 @@ def evaluate(found: Sequence[Detection], labels: Sequence[SimLabel], *, sessions
     implying = [lab for lab in faults if lab.kind in IMPLIED]
     for kind, ds in by_kind.items():
         labs = faults_by_kind.get(kind, []) + implying
-        if kind == ANOMALY_ALERT:
+        if kind in (ANOMALY_ALERT, MODEL_ALERT):
             labs = [lab for lab in faults if _same_kind(kind, lab.kind)]
         kinds[kind].detections_right = sum(
             1 for d in ds if any(_matches(d, lab, implied=True) for lab in labs)

@@ -90,6 +90,23 @@ def summarize(run: Replay, elapsed_s: float) -> dict[str, Any]:
     "`voltguard simulate` is among the inputs, score detections against it.",
 )
 @click.option(
+    "--model-registry",
+    envvar="VOLTGUARD_MODEL_REGISTRY",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="Also score with the offline model in service in this registry (its current "
+    "version), as the detection worker would; without it, rules and online detectors only.",
+)
+@click.option(
+    "--model-name",
+    envvar="VOLTGUARD_MODEL_NAME",
+    default="session-anomaly",
+    show_default=True,
+    show_envvar=True,
+    help="Name of the model in the registry.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -98,7 +115,13 @@ def summarize(run: Replay, elapsed_s: float) -> dict[str, Any]:
     help="Summary format.",
 )
 def replay(
-    inputs: tuple[Path, ...], out_dir: Path | None, hash_secret: str, detect: bool, fmt: str
+    inputs: tuple[Path, ...],
+    out_dir: Path | None,
+    hash_secret: str,
+    detect: bool,
+    model_registry: Path | None,
+    model_name: str,
+    fmt: str,
 ) -> None:
     """Run ingest, billing and reconciliation on JSONL files, without a broker.
 
@@ -121,9 +144,12 @@ def replay(
     started = time.perf_counter()
     try:
         kw = {"hash_secret": hash_secret.encode(), "config": config}
-        run = (Replay.with_detection(**kw) if detect else Replay(**kw)).run(  # type: ignore[arg-type]
-            time_ordered(files)
-        )
+        model = _model_in_service(model_registry, model_name) if detect else None
+        run = (
+            Replay.with_detection(model=model, **kw)  # type: ignore[arg-type]
+            if detect
+            else Replay(**kw)  # type: ignore[arg-type]
+        ).run(time_ordered(files))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     summary = summarize(run, time.perf_counter() - started)
@@ -198,6 +224,26 @@ def _merged_features(run: Replay) -> list[SessionFeatures]:
         extra = token.get(f.session_id)
         out.append(msgspec.structs.replace(f, features={**f.features, **extra}) if extra else f)
     return out
+
+
+def _model_in_service(registry: Path | None, name: str) -> Any:
+    """``() -> LoadedModel`` of the registry's current version, or None without one."""
+    if registry is None:
+        return None
+    from models.exceptions import RegistryError
+    from streams.model_follower import LoadedModel
+    from streams.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    try:
+        update = reg.current(name)
+        if update is None:
+            raise click.ClickException(f"{registry}: no version of {name!r} in service")
+        loaded = LoadedModel(model=reg.load(update), update=update)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"scoring with {name} {update.version} from {registry}", err=True)
+    return lambda: loaded
 
 
 def _fmt(value: float | None) -> str:

@@ -45,3 +45,41 @@ def test_replay_writes_results_and_scores_detections(tmp_path: Path) -> None:
     with_token = [f for f in features if f["token_hash"]]
     assert with_token and all("token_night_share" in f["features"] for f in with_token)
     assert all("energy_over_power_integral" in f["features"] for f in features)
+
+
+def test_replay_scores_with_the_model_in_service_of_a_registry(tmp_path: Path) -> None:
+    """Train on one run's features, then replay another run with that registry: the
+    model's alerts come out with its version; a registry without a model is an error."""
+    from models.offline import SessionModel
+    from streams.registry import ModelRegistry
+
+    env = {"VOLTGUARD_HASH_SECRET": "cli-secret"}
+    sims = {}
+    for seed in (32, 33):
+        sims[seed] = tmp_path / f"sim{seed}"
+        config = SimulationConfig(seed=seed, sessions=300, stations=20, fault_scale=4.0)
+        simulate_to_files(config, hash_secret=b"cli-secret", out_dir=sims[seed])
+    train = tmp_path / "train"
+    result = CliRunner().invoke(main, ["replay", str(sims[32]), "--out", str(train)], env=env)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x)["features"] for x in (train / "features.jsonl").read_text().splitlines()]
+    registry = tmp_path / "registry"
+    update = ModelRegistry(registry).publish(
+        SessionModel(seed=1, threshold_quantile=0.9).fit_many(rows), model_name="session-anomaly",
+        metrics={},
+        now=__import__("datetime").datetime(2024, 1, 1, tzinfo=__import__("datetime").UTC),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["replay", str(sims[33]), "--out", str(out), "--model-registry", str(registry)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    offline = [a for a in alerts if a["kind"] == "session_anomaly"]
+    assert offline and {a["model_version"] for a in offline} == {update.version}
+    empty = CliRunner().invoke(
+        main, ["replay", str(sims[33]), "--model-registry", str(tmp_path / "none")], env=env
+    )
+    assert empty.exit_code != 0 and "no version of 'session-anomaly' in service" in empty.output
