@@ -9,9 +9,10 @@ failed delivery, which the loop commits in the batch's transaction with the offs
 Sending: a token bucket per destination; retries on 429, 5xx and connection errors with
 full-jitter exponential backoff, at least the Retry-After; at most ``router_max_attempts``
 attempts within ``router_delivery_deadline_s``, then the delivery is recorded ``failed``,
-logged and dead-lettered (it is not retried after a restart). Other 4xx fail at once. The
-destinations of a batch are sent concurrently, so a slow one delays the batch by at most
-its deadline and never blocks the others' deliveries.
+logged and dead-lettered (it is not retried after a restart). Other 4xx fail at once. After
+a failure the destination's further deliveries in the same batch get one attempt each. The
+destinations of a batch are sent concurrently, so a failing one never holds up the others'
+requests (the batch's commit still waits for it: bounded by the deadline and attempts).
 
 Delivery guarantee
 ------------------
@@ -113,18 +114,24 @@ class Sender:
         await asyncio.gather(*(self._send_in_order(ds) for ds in by_dest.values()))
 
     async def _send_in_order(self, deliveries: list[Delivery]) -> None:
+        # Once a delivery to this destination failed in this batch, the rest get one
+        # attempt each: a dead destination costs a batch one deadline, not one per alert.
+        attempts = self.settings.router_max_attempts
         for d in deliveries:
             try:
-                await asyncio.wait_for(self._send_one(d), self.settings.router_delivery_deadline_s)
+                await asyncio.wait_for(
+                    self._send_one(d, attempts), self.settings.router_delivery_deadline_s
+                )
                 d.status = "delivered"
             except (DeliveryFailed, TimeoutError) as exc:
                 d.status = "failed"
+                attempts = 1
                 d.error = str(exc) or f"deadline passed after {d.attempts} attempts"
                 log.warning(
                     "delivery %s failed after %d attempts: %s", d.record_key, d.attempts, d.error
                 )
 
-    async def _send_one(self, d: Delivery) -> None:
+    async def _send_one(self, d: Delivery, max_attempts: int) -> None:
         s = self.settings
         link = self.config.link(d.notice)
         if d.dest.type == "pagerduty":
@@ -151,7 +158,7 @@ class Sender:
                     retry_after = _retry_after_s(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            if d.attempts >= s.router_max_attempts:
+            if d.attempts >= max_attempts:
                 raise DeliveryFailed(f"{d.dest.name}: {d.attempts} attempts, last {error}")
             pause = alerts.backoff_s(
                 d.attempts, base_s=s.router_backoff_base_s, max_s=s.router_backoff_max_s,
