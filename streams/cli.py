@@ -228,6 +228,8 @@ def worker(
     finally:
         if follower is not None:
             follower.stop()
+        if stage == "router":
+            loop.stage.sender.close()  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- data in and out

@@ -234,6 +234,16 @@ class Settings:
             raise ConfigError(
                 "ingest_batch_max (env VOLTGUARD_INGEST_BATCH_MAX): must be at least 1"
             )
+        if self.router_max_attempts < 1:
+            raise ConfigError(
+                "router_max_attempts (env VOLTGUARD_ROUTER_MAX_ATTEMPTS): must be at least 1"
+            )
+        if self.router_delivery_deadline_s <= 0 or self.router_request_timeout_s <= 0:
+            raise ConfigError(
+                "router_delivery_deadline_s / router_request_timeout_s (env "
+                "VOLTGUARD_ROUTER_DELIVERY_DEADLINE_S / VOLTGUARD_ROUTER_REQUEST_TIMEOUT_S): "
+                "must be positive"
+            )
         if not self.kafka.bootstrap_servers:
             raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")
 

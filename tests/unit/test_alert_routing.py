@@ -184,3 +184,13 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     waits = [backoff_s(a, base_s=0.1, max_s=0.5, jitter=1.0) for a in range(1, 6)]
     assert waits == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
     assert backoff_s(3, base_s=0.1, max_s=0.5, jitter=0.0) == 0.0
+
+
+def test_the_example_config_parses() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy/router/routes.example.yaml"
+    cfg = parse_config(path.read_text())
+    assert set(cfg.destinations) == {"oncall", "fraud-channel"}
+    crit = alerts.notice_from_alert(alert())
+    assert names(cfg, crit) == ["oncall", "fraud-channel"]
