@@ -133,13 +133,14 @@ def topics_list(bootstrap_servers: str | None) -> None:
 @click.option(
     "--stage",
     envvar="VOLTGUARD_STAGE",
-    type=click.Choice(["ingest", "billing", "detection"]),
+    type=click.Choice(["ingest", "billing", "detection", "router"]),
     default="ingest",
     show_default=True,
     show_envvar=True,
     help="ingest: outside input -> canonical topics; billing: canonical topics -> bills, "
     "reconciliation results and session features; detection: session features and payments "
-    "-> fraud alerts. Run at least one of each.",
+    "-> fraud alerts; router: fraud alerts and reconciliation mismatches -> PagerDuty and "
+    "Slack (routes in VOLTGUARD_ROUTER_CONFIG). Run at least one of each.",
 )
 @click.option(
     "--instance-id",
@@ -187,6 +188,10 @@ def worker(
             from streams.ingest import IngestLoop
 
             loop = IngestLoop(settings)
+        elif stage == "router":
+            from streams.router import RouterLoop
+
+            loop = RouterLoop(settings)
         elif stage == "detection":
             from streams.detection import DetectionLoop
             from streams.model_follower import ModelFollower, ModelHolder
@@ -223,6 +228,8 @@ def worker(
     finally:
         if follower is not None:
             follower.stop()
+        if stage == "router":
+            loop.stage.sender.close()  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- data in and out

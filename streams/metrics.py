@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "ALERTS",
+    "ALERT_DELIVERIES",
     "BATCH_SECONDS",
     "BILLING_EVENTS",
     "BILLS",
@@ -61,6 +62,12 @@ ALERTS = Counter(
     "voltguard_fraud_alerts_total",
     "Fraud alerts published (each alert id once), by kind and severity.",
     ["kind", "severity"],
+)
+ALERT_DELIVERIES = Counter(
+    "voltguard_router_deliveries_total",
+    "Alert router deliveries by destination, action (trigger, resolve) and status "
+    "(delivered, failed).",
+    ["destination", "action", "status"],
 )
 DETECTION_SECONDS = Histogram(
     "voltguard_detection_seconds_per_event",

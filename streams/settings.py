@@ -157,6 +157,31 @@ class Settings:
     model_name: str = "session-anomaly"
     """Registry name of the session anomaly model that ``voltguard retrain`` publishes and
     the detection stage loads. Env: VOLTGUARD_MODEL_NAME."""
+    router_config: str | None = None
+    """Path of the alert router's routes and destinations (YAML or JSON, format in
+    ``topics/alerts.py``); required by ``worker --stage router``. It holds the PagerDuty
+    routing keys and Slack webhook URLs, so keep it as secret as they are. Env:
+    VOLTGUARD_ROUTER_CONFIG."""
+    router_session_url: str | None = None
+    """Link to a session page in pages and messages, ``{session_id}`` replaced (overrides
+    the config file's ``session_url``). Env: VOLTGUARD_ROUTER_SESSION_URL."""
+    router_group_id: str = "voltguard-router"
+    """Consumer group of the alert router; a non-default group gets its own delivery record
+    (and so delivers everything again). Env: VOLTGUARD_ROUTER_GROUP_ID."""
+    router_max_attempts: int = 5
+    """HTTP attempts per delivery before it is recorded as failed (and dead-lettered).
+    Env: VOLTGUARD_ROUTER_MAX_ATTEMPTS."""
+    router_backoff_base_s: float = 0.5
+    """First retry's backoff ceiling in seconds, doubling per attempt (full jitter); a
+    Retry-After header waits at least that long. Env: VOLTGUARD_ROUTER_BACKOFF_BASE_S."""
+    router_backoff_max_s: float = 30.0
+    """Cap of one backoff in seconds. Env: VOLTGUARD_ROUTER_BACKOFF_MAX_S."""
+    router_request_timeout_s: float = 10.0
+    """Timeout of one HTTP request in seconds. Env: VOLTGUARD_ROUTER_REQUEST_TIMEOUT_S."""
+    router_delivery_deadline_s: float = 60.0
+    """Budget in seconds of one delivery (rate-limit waits, attempts and backoffs), after
+    which it is failed: a slow destination holds a batch at most this long. Env:
+    VOLTGUARD_ROUTER_DELIVERY_DEADLINE_S."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,6 +233,16 @@ class Settings:
         if self.ingest_batch_max < 1:
             raise ConfigError(
                 "ingest_batch_max (env VOLTGUARD_INGEST_BATCH_MAX): must be at least 1"
+            )
+        if self.router_max_attempts < 1:
+            raise ConfigError(
+                "router_max_attempts (env VOLTGUARD_ROUTER_MAX_ATTEMPTS): must be at least 1"
+            )
+        if self.router_delivery_deadline_s <= 0 or self.router_request_timeout_s <= 0:
+            raise ConfigError(
+                "router_delivery_deadline_s / router_request_timeout_s (env "
+                "VOLTGUARD_ROUTER_DELIVERY_DEADLINE_S / VOLTGUARD_ROUTER_REQUEST_TIMEOUT_S): "
+                "must be positive"
             )
         if not self.kafka.bootstrap_servers:
             raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")

@@ -183,6 +183,18 @@ CATALOG: dict[str, TopicSpec] = dict(
             purpose="explained fraud alerts, deterministic ids",
         ),
         _spec(
+            "alert_deliveries",
+            name="voltguard.alert.deliveries.v1",
+            key="notice key (alert or result id)|destination|action",
+            record=None,
+            partitions=SESSION_PARTITIONS,
+            compacted=True,
+            retention_ms=None,
+            purpose="the alert router's record of deliveries (status per alert, destination and "
+            "action), its changelog: partition = the input's (co-partitioned with fraud_alerts "
+            "and reconciliation_mismatches)",
+        ),
+        _spec(
             "session_features",
             name="voltguard.session.features.v1",
             key="session_id",
