@@ -12,6 +12,7 @@ import asyncio
 import binascii
 import contextlib
 import logging
+import signal
 
 import click
 from aiohttp import web
@@ -86,4 +87,14 @@ def ingress(
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+        asyncio.run(_until_signal(settings))
+
+
+async def _until_signal(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, flush the producer and return."""
+    task = asyncio.create_task(serve(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
