@@ -36,7 +36,8 @@ Idempotency: ``event_id`` is :func:`payment_event_id` of the PSP and the PSP's e
 documents for deduplication), so a redelivery yields the same ``event_id`` and billing
 drops it. One exception: Stripe sends both ``payment_intent.succeeded`` and
 ``charge.captured`` for one manual capture, so a capture's id is derived from the charge
-id instead (``capture:ch_...``), and the second is dropped downstream as a duplicate.
+id instead (``capture:ch_...``; the PaymentIntent names it in ``latest_charge``, API
+versions since 2022-11-15), and the second is dropped downstream as a duplicate.
 
 Anything unmappable raises :class:`~topics.exceptions.AdapterError` naming the field.
 
