@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench bench-ingest bench-billing bench-scoring bench-simulate kafka-up kafka-down clean backtest-real
+.PHONY: setup demo test test-unit lint format bench bench-ingest bench-ingress bench-billing bench-scoring bench-simulate kafka-up kafka-down clean backtest-real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-scoring: setup
 ## bench-ingest: OCPP MeterValues -> readings through one worker vs the bare consume ceiling
 bench-ingest: setup
 	$(BIN)/python -m streams.bench ingest --json-out bench-ingest.json
+
+## bench-ingress: signed Stripe webhooks from a second process -> one ingress process -> Kafka (webhooks/s, p50/p95/p99)
+bench-ingress: setup
+	$(BIN)/python -m streams.bench_ingress --requests 20000 --concurrency 32 --json-out bench-ingress.json
 
 kafka-up: setup
 	$(BIN)/voltguard kafka up

@@ -334,6 +334,7 @@ def _register_optional_commands() -> None:
     """Add the command groups that live in their own modules."""
     from streams.commands.demo import demo
     from streams.commands.importer import import_sessions
+    from streams.commands.ingress import ingress
     from streams.commands.kafka import kafka_group
     from streams.commands.reference import stations_group, tariffs_group
     from streams.commands.replay import replay
@@ -344,6 +345,7 @@ def _register_optional_commands() -> None:
     main.add_command(__import__("streams.commands.evaluate", fromlist=["_"]).evaluate_command)
     main.add_command(import_sessions)
     main.add_command(demo)
+    main.add_command(ingress)
     main.add_command(simulate)
     main.add_command(stations_group)
     main.add_command(tariffs_group)

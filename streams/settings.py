@@ -150,6 +150,30 @@ class Settings:
     """Port of /metrics (0: none). Env: VOLTGUARD_METRICS_PORT."""
     metrics_addr: str = "127.0.0.1"
     """Address /metrics listens on (0.0.0.0 in a container). Env: VOLTGUARD_METRICS_ADDR."""
+    stripe_webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
+    """Stripe webhook endpoint secrets (``whsec_...``), comma-separated: during a rotation
+    both the old and the new secret are active and either may match. Empty: the ingress
+    answers 503 on /webhooks/stripe. Env: VOLTGUARD_STRIPE_WEBHOOK_SECRETS."""
+    adyen_hmac_key: Secret = field(default_factory=lambda: Secret(""))
+    """Adyen notification HMAC key, hex as shown in the Customer Area. Empty: the ingress
+    answers 503 on /webhooks/adyen. Env: VOLTGUARD_ADYEN_HMAC_KEY."""
+    ingress_api_token: Secret = field(default_factory=lambda: Secret(""))
+    """Bearer token of ``POST /payments`` (wallet, prepaid, terminal systems). Empty: the
+    endpoint answers 503. Env: VOLTGUARD_INGRESS_API_TOKEN."""
+    ingress_addr: str = "127.0.0.1"
+    """Address the payment ingress listens on (0.0.0.0 in a container).
+    Env: VOLTGUARD_INGRESS_ADDR."""
+    ingress_port: int = 8085
+    """Port of the payment ingress. Env: VOLTGUARD_INGRESS_PORT."""
+    webhook_tolerance_s: int = 300
+    """Largest accepted distance between a Stripe signature's timestamp and now, seconds
+    (1 to 3600; cannot be disabled). Env: VOLTGUARD_WEBHOOK_TOLERANCE_S."""
+    ingress_max_body_bytes: int = 256 * 1024
+    """Largest accepted request body; larger ones get 413. Env:
+    VOLTGUARD_INGRESS_MAX_BODY_BYTES."""
+    ingress_dedupe_ids: int = 100_000
+    """How many recent PSP event ids the ingress remembers to answer redeliveries without
+    producing (downstream dedupes by event id anyway). Env: VOLTGUARD_INGRESS_DEDUPE_IDS."""
     model_registry: str = "./model-registry"
     """Root directory of the model registry (versioned model files); every worker that
     scores with a model needs the same tree, e.g. a shared volume. Env:
@@ -244,6 +268,16 @@ class Settings:
                 "VOLTGUARD_ROUTER_DELIVERY_DEADLINE_S / VOLTGUARD_ROUTER_REQUEST_TIMEOUT_S): "
                 "must be positive"
             )
+        if not 1 <= self.webhook_tolerance_s <= 3600:
+            raise ConfigError(
+                "webhook_tolerance_s (env VOLTGUARD_WEBHOOK_TOLERANCE_S): must be 1 to 3600 "
+                "seconds (it cannot be disabled)"
+            )
+        if self.ingress_max_body_bytes < 1024 or self.ingress_dedupe_ids < 1:
+            raise ConfigError(
+                "ingress_max_body_bytes (env VOLTGUARD_INGRESS_MAX_BODY_BYTES) must be at least "
+                "1024 and ingress_dedupe_ids (env VOLTGUARD_INGRESS_DEDUPE_IDS) at least 1"
+            )
         if not self.kafka.bootstrap_servers:
             raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")
 
@@ -261,6 +295,10 @@ class Settings:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def stripe_secrets(self) -> list[str]:
+        """The active Stripe webhook secrets (comma-separated setting, blanks dropped)."""
+        return [s.strip() for s in self.stripe_webhook_secrets.get().split(",") if s.strip()]
 
     def require_hash_secret(self) -> bytes:
         """The hash secret as bytes, or a :class:`ConfigError` saying how to set it."""

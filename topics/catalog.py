@@ -99,6 +99,16 @@ CATALOG: dict[str, TopicSpec] = dict(
             partitions=SESSION_PARTITIONS,
             purpose="payment events from the webhook API and gateways (validated by ingest)",
         ),
+        _spec(
+            "psp_raw_webhooks",
+            name="voltguard.psp.raw-webhooks.v1",
+            key="psp_event_id",
+            record=None,
+            partitions=SESSION_PARTITIONS,
+            retention_ms=30 * DAY_MS,
+            purpose="audit: every verified PSP notification as received (raw body, headers "
+            "that are not secrets, PSP, event id, received time), written by the ingress",
+        ),
         # ---- validated canonical streams (keyed by session_id, co-partitioned)
         _spec(
             "session_events",
