@@ -26,8 +26,10 @@ reason and the PSP event id, never a secret, a signature header or card data.
 Output: each accepted notification produces its :class:`~topics.records.PaymentEvent` to
 ``psp_payment_events`` (key: session id, else payment id) and an audit record to
 ``psp_raw_webhooks`` (key: the PSP event id; value: JSON with ``psp``, ``psp_event_ids``,
-``received_at``, the non-secret ``headers`` and the ``body`` text exactly as received; for
-``/payments`` the raw ``card_fingerprint`` is replaced by its hash first). The reply is sent
+``received_at``, the non-secret ``headers``, the ``body`` with every personal identifier
+(card fingerprint, PAR, names, e-mails: :data:`topics.adapters.psp.PERSONAL_KEYS`) replaced
+by its keyed hash, the JSON paths replaced (``redacted``) and ``body_sha256``, the digest of
+the bytes exactly as received). The reply is sent
 only after Kafka acknowledged both (idempotent producer, ``acks=all``); requests in flight
 at the same time share the producer's linger batch, so there is no batching trade-off.
 
@@ -44,6 +46,7 @@ The audit topic may then hold a redelivery twice; that is what an audit log shou
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import threading
@@ -62,6 +65,7 @@ from topics.adapters.psp import (
     map_adyen_item,
     map_generic,
     map_stripe_event,
+    redact_identifiers,
     stripe_event_id,
 )
 from topics.adapters.signatures import DEFAULT_TOLERANCE_S, verify_adyen_item, verify_stripe_header
@@ -76,7 +80,8 @@ log = logging.getLogger(__name__)
 
 AUDIT_HEADERS = ("content-type", "user-agent", "stripe-signature", "x-request-id")
 """Request headers kept on the audit record. ``Authorization`` and cookies never are; the
-Stripe signature is an HMAC output, not a secret, and lets an auditor re-verify the body."""
+Stripe signature is an HMAC output, not a secret: with the PSP's copy of the body (matched
+by ``body_sha256``) an auditor can re-verify it."""
 
 INGRESS_KEY: web.AppKey[Any] = web.AppKey("voltguard_ingress", object)
 
@@ -272,14 +277,20 @@ class _Ingress:
         self, request: web.Request, psp: str, ids: list[str], body: str | bytes, received: float
     ) -> Message:
         headers = {h: request.headers[h] for h in AUDIT_HEADERS if h in request.headers}
-        text = body if isinstance(body, str) else body.decode()
+        raw = body.encode() if isinstance(body, str) else body
+        # Personal identifiers (card fingerprints, PAR, names, e-mails) are replaced by
+        # their keyed hash before the payload is kept; the digest of the bytes as received
+        # lets an auditor match the PSP's own copy (the signature covers those bytes).
+        redacted, paths = redact_identifiers(orjson.loads(raw), hash_secret=self.config.hash_secret)
         value = orjson.dumps(
             {
                 "psp": psp,
                 "psp_event_ids": ids,
                 "received_at": datetime.fromtimestamp(received, UTC).isoformat(),
                 "headers": headers,
-                "body": text,
+                "body": orjson.dumps(redacted).decode(),
+                "body_sha256": hashlib.sha256(raw).hexdigest(),
+                "redacted": paths,
             }
         )
         return self.raw_topic, ids[0].encode(), value

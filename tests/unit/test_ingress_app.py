@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 
@@ -96,7 +97,14 @@ def test_stripe_accepted_produces_event_and_audit() -> None:
     [(raw_key, raw)] = producer.of("psp_raw_webhooks")
     audit = orjson.loads(raw)
     assert raw_key == b"evt_unit_1"
-    assert audit["body"].encode() == body  # exactly as received
+    assert audit["body_sha256"] == hashlib.sha256(body).hexdigest()  # the bytes received
+    assert audit["redacted"] == ["$.data.object.payment_method_details.card.fingerprint"]
+    assert b"Xt5EWLLDS7FJjR1c" not in raw  # no raw card fingerprint is kept
+    kept = orjson.loads(audit["body"])
+    assert kept["id"] == "evt_unit_1"
+    assert kept["data"]["object"]["payment_method_details"]["card"]["fingerprint"].startswith(
+        "hmac:"
+    )
     assert audit["psp"] == "stripe" and audit["psp_event_ids"] == ["evt_unit_1"]
     assert "stripe-signature" in audit["headers"]
 
@@ -239,7 +247,13 @@ def test_adyen_accepted_reply_and_events() -> None:
     assert events[0].event_id == payment_event_id("adyen", "7914073381342284:AUTHORISATION:true")
     [(key, raw)] = producer.of("psp_raw_webhooks")
     assert key == b"7914073381342284:AUTHORISATION:true"
-    assert orjson.loads(raw)["body"].encode() == body
+    audit = orjson.loads(raw)
+    assert audit["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert audit["redacted"] == [
+        f"$.notificationItems[{i}].NotificationRequestItem.additionalData.paymentAccountReference"
+        for i in (0, 1)
+    ]
+    assert b"V0010013019326121174347805683" not in raw  # the PAR is kept only as its hash
 
 
 def test_adyen_bad_hmac_401_nothing_produced() -> None:

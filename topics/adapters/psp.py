@@ -73,8 +73,27 @@ __all__ = [
     "map_generic",
     "map_stripe_event",
     "payment_event_id",
+    "redact_identifiers",
     "stripe_event_id",
 ]
+
+PERSONAL_KEYS: frozenset[str] = frozenset(
+    {
+        "fingerprint",  # Stripe card fingerprint
+        "paymentAccountReference",  # Adyen PAR
+        "card_fingerprint",  # the generic endpoint's raw fingerprint
+        "email",
+        "name",
+        "phone",
+        "shopperEmail",
+        "shopperReference",
+        "cardHolderName",
+        "shopperIP",
+        "ip",
+    }
+)
+"""Keys of PSP payloads whose string values identify a person: replaced by their keyed hash
+before a payload is kept (DESIGN.md: no raw identifier leaves ingest)."""
 
 STRIPE_KINDS: dict[str, str] = {
     "payment_intent.amount_capturable_updated": "authorized",
@@ -105,6 +124,35 @@ ADYEN_KINDS: dict[str, str] = {
 """Adyen eventCodes voltguard maps, and their kind."""
 
 _WALLETS = {"applepay", "googlepay", "paywithgoogle", "samsungpay", "paypal", "amazonpay"}
+
+
+def redact_identifiers(doc: Any, *, hash_secret: bytes, path: str = "$") -> tuple[Any, list[str]]:
+    """``doc`` with the string values of :data:`PERSONAL_KEYS` (at any depth) replaced by
+    their keyed hash, and the JSON paths that were replaced.
+
+    >>> redact_identifiers({"card": {"fingerprint": "Xt5E", "last4": "4242"}}, hash_secret=b"k")
+    ({'card': {'fingerprint': 'hmac:...', 'last4': '4242'}}, ['$.card.fingerprint'])
+    """
+    paths: list[str] = []
+    if isinstance(doc, dict):
+        out = {}
+        for key, value in doc.items():
+            where = f"{path}.{key}"
+            if key in PERSONAL_KEYS and isinstance(value, str) and value:
+                out[key] = "hmac:" + hash_identifier(value, hash_secret)
+                paths.append(where)
+            else:
+                out[key], inner = redact_identifiers(value, hash_secret=hash_secret, path=where)
+                paths += inner
+        return out, paths
+    if isinstance(doc, list):
+        items = []
+        for i, value in enumerate(doc):
+            item, inner = redact_identifiers(value, hash_secret=hash_secret, path=f"{path}[{i}]")
+            items.append(item)
+            paths += inner
+        return items, paths
+    return doc, paths
 
 
 def payment_event_id(psp: str, psp_event_id: str) -> str:
