@@ -191,8 +191,15 @@ class TransactionalLoop:
                         position = restorer.position([TopicPartition(changelog, p)])
                         if position and position[0].offset >= high:
                             break
-                        if time.monotonic() - idle_since > 2.0:
-                            # The tail is transaction markers only (no more data records).
+                        if time.monotonic() - idle_since > _RESTORE_IDLE_S:
+                            # Only a fallback: the partition-EOF event above ends a tail of
+                            # transaction markers. Two seconds were too few on a loaded
+                            # machine (a slow fetch cut a restore short: state was lost).
+                            log.warning(
+                                "%s: restore of %s[%d] idle for %.0f s at %d of %d; stopping",
+                                self.stage.name, changelog, p, _RESTORE_IDLE_S,
+                                len(records), high,
+                            )  # fmt: skip
                             break
                 total += self.stage.restore(p, records)
         finally:
@@ -320,6 +327,9 @@ def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tu
             time.sleep(0.2)
     raise AssertionError("unreachable")
 
+
+_RESTORE_IDLE_S = 30.0
+"""Seconds without a record or an end-of-partition event before a restore gives up."""
 
 _TRANSIENT = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
