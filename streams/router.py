@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -305,7 +306,7 @@ def load_config(settings: Settings) -> RouterConfig:
         raise ConfigError("router_config (env VOLTGUARD_ROUTER_CONFIG): required by the router")
     try:
         text = Path(settings.router_config).read_text()
-        return alerts.parse_config(text, session_url=settings.router_session_url)
+        return alerts.parse_config(text, session_url=settings.router_session_url, env=os.environ)
     except (OSError, alerts.ConfigError) as exc:
         raise ConfigError(f"router_config (env VOLTGUARD_ROUTER_CONFIG): {exc}") from None
 

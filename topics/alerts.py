@@ -10,7 +10,7 @@ Config (YAML or JSON, :func:`parse_config`)::
     session_url: "https://ops.example.com/sessions/{session_id}"   # optional
     destinations:
       oncall: {type: pagerduty, routing_key: "R0UTINGKEY...", rate_per_s: 2, burst: 5}
-      fraud-channel: {type: slack, url: "https://hooks.slack.com/services/T/B/X"}
+      fraud-channel: {type: slack, url_env: SLACK_FRAUD_WEBHOOK_URL}
     routes:             # every matching route delivers (a destination at most once)
       - {severity: [critical, error], to: [oncall]}
       - {severity: [warning], kind: [token_overlap], stations: ["DE-BER-"], to: [fraud-channel]}
@@ -19,6 +19,11 @@ Config (YAML or JSON, :func:`parse_config`)::
 A route matches when each of its given criteria holds: ``kind`` (list), ``severity``
 (list), ``source`` (``fraud`` or ``reconciliation``) and ``stations`` (station id prefixes,
 or exact ids; a notice without a station matches no ``stations`` route).
+
+Routing keys and webhook URLs are secrets. Instead of writing them in the file, name the
+environment variable that holds them: ``routing_key_env`` for ``routing_key`` and ``url_env``
+for ``url``; :func:`parse_config` reads them from the ``env`` mapping it is given (the router
+passes ``os.environ``), so the file can be kept in version control.
 
 Examples
 --------
@@ -37,6 +42,7 @@ Examples
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,8 +163,14 @@ class RouterConfig:
         return self.session_url.format(session_id=n.session_id)
 
 
-def parse_config(text: str, *, session_url: str | None = None) -> RouterConfig:
-    """Parse a YAML (or JSON, a subset) routing config; ``session_url`` overrides the file's."""
+def parse_config(
+    text: str, *, session_url: str | None = None, env: Mapping[str, str] | None = None
+) -> RouterConfig:
+    """Parse a YAML (or JSON, a subset) routing config; ``session_url`` overrides the file's.
+
+    ``env`` resolves ``routing_key_env`` and ``url_env`` (the names of variables holding the
+    secrets); a named variable that is unset or empty is a :class:`ConfigError`.
+    """
     try:
         raw = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -169,6 +181,7 @@ def parse_config(text: str, *, session_url: str | None = None) -> RouterConfig:
     for name, d in (raw.get("destinations") or {}).items():
         if not isinstance(d, dict) or d.get("type") not in ("pagerduty", "slack"):
             raise ConfigError(f"destination {name!r}: type must be pagerduty or slack")
+        d = _resolve_secrets(str(name), d, env or {})
         if d["type"] == "pagerduty" and not d.get("routing_key"):
             raise ConfigError(f"destination {name!r}: pagerduty needs routing_key")
         if d["type"] == "slack" and not d.get("url"):
@@ -212,6 +225,22 @@ def parse_config(text: str, *, session_url: str | None = None) -> RouterConfig:
         session_url=session_url or raw.get("session_url"),
         mismatch_severity=mismatch,
     )
+
+
+def _resolve_secrets(name: str, d: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``routing_key_env``/``url_env`` replaced by the variables' values (never echoed)."""
+    d = dict(d)
+    for key in ("routing_key", "url"):
+        var = d.pop(f"{key}_env", None)
+        if var is None:
+            continue
+        if key in d:
+            raise ConfigError(f"destination {name!r}: give {key} or {key}_env, not both")
+        value = env.get(str(var), "")
+        if not value:
+            raise ConfigError(f"destination {name!r}: {key}_env names {var}, which is not set")
+        d[key] = value
+    return d
 
 
 def _list(v: Any) -> list[str]:

@@ -190,7 +190,21 @@ def test_the_example_config_parses() -> None:
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "deploy/router/routes.example.yaml"
-    cfg = parse_config(path.read_text())
+    env = {"PAGERDUTY_ROUTING_KEY": "k" * 32, "SLACK_WEBHOOK_URL": "https://hooks.example/x"}
+    cfg = parse_config(path.read_text(), env=env)
     assert set(cfg.destinations) == {"oncall", "fraud-channel"}
+    assert cfg.destinations["oncall"].routing_key == "k" * 32
+    assert cfg.destinations["fraud-channel"].url == "https://hooks.example/x"
     crit = alerts.notice_from_alert(alert())
     assert names(cfg, crit) == ["oncall", "fraud-channel"]
+
+
+def test_secrets_come_from_the_named_variables() -> None:
+    text = "destinations: {p: {type: pagerduty, routing_key_env: PD_KEY}}\nroutes: [{to: p}]"
+    cfg = parse_config(text, env={"PD_KEY": "secret-key"})
+    assert cfg.destinations["p"].routing_key == "secret-key"
+    with pytest.raises(alerts.ConfigError, match="routing_key_env names PD_KEY, which is not set"):
+        parse_config(text, env={})
+    both = "destinations: {s: {type: slack, url: http://h/x, url_env: U}}\nroutes: [{to: s}]"
+    with pytest.raises(alerts.ConfigError, match="give url or url_env, not both"):
+        parse_config(both, env={"U": "http://h/y"})
