@@ -407,7 +407,8 @@ class BillingEngine:
             return [Emit("session_features", case.key, None, msgspec.structs.replace(s))]
         summary = BillSummary(bill.event_id, bill.total_minor, bill.currency)
         if case.bill is not None and case.bill.event_id == bill.event_id:
-            return []
+            # The samples changed, the bill did not: detection still sees the new samples.
+            return [Emit("session_features", case.key, None, msgspec.structs.replace(s))]
         case.bill = summary
         return [Emit("session_bills", case.key, bill, msgspec.structs.replace(s))]
 

@@ -240,6 +240,9 @@ def build_bill(state: SessionState, tariff: Tariff) -> SessionBill:
     end = from_ms(end_ms)
     rated = rate_session(tariff, start=start, end=end, periods=periods)
     ids = [i for i in (state.started_event_id, state.ended_event_id) if i]
+    # What the bill says, nothing else: a late sample that changes no line (an offline
+    # station's queue arriving after the bill) must not make a new bill, nor a new
+    # reconciliation revision citing it.
     event_id = stable_id(
         "session-bill",
         state.session_id,
@@ -248,8 +251,14 @@ def build_bill(state: SessionState, tariff: Tariff) -> SessionBill:
         start_ms,
         end_ms,
         rated.total_minor,
+        rated.total_vat_minor,
         rated.energy_wh,
-        len(samples),
+        rated.charging_s,
+        rated.idle_s,
+        *(
+            (ln.component, ln.volume, ln.unit_price, ln.vat_pct, ln.amount_excl_vat_minor)
+            for ln in rated.lines
+        ),
     )
     return SessionBill(
         event_id=event_id,

@@ -211,6 +211,23 @@ def test_a_late_reading_corrects_the_bill_and_the_verdict() -> None:
     assert out[1].record.outcome == "matched" and out[1].record.revision == 1
 
 
+def test_late_samples_that_change_no_line_make_no_new_bill_nor_revision() -> None:
+    # An offline station's queue arriving after its bill: samples that change nothing the
+    # bill says (here, points on the straight line between two known registers) must not
+    # republish the bill or a reconciliation revision; detection still sees them.
+    e = engine()
+    odd = [ev for ev in EVENTS if not isinstance(ev, MeterReading) or ev.event_time.minute % 2]
+    feed(e, [*odd, reading(30, 11000, 11000.0)])
+    bill0, result0 = published(e.advance(ms(100)))
+    assert result0.record.outcome == "matched"
+    for m in range(2, 30, 2):
+        out = e.on_reading(reading(m, 1000 + m * 1000 // 3, 11_000.0))
+        assert published(out) == [], f"minute {m}"
+        assert [o.topic for o in out] == ["session_features"]
+    assert e.cases["s1"].revision == result0.record.revision == 0
+    assert e.cases["s1"].bill.event_id == bill0.record.event_id
+
+
 def test_readings_after_the_samples_are_dropped_go_back_as_errors() -> None:
     e = engine()
     feed(e, EVENTS)
