@@ -43,7 +43,7 @@ from models.exceptions import RegistryError
 from models.offline import alerts_many
 from streams.registry import ModelRegistry
 from streams.settings import Settings
-from streams.topic_reader import assign_consumer, handle_error, read_to_end, topic_partitions
+from streams.topic_reader import assign_consumer, follow, read_to_end, topic_partitions
 from topics.catalog import topic
 from topics.codec import decode
 from topics.exceptions import RecordDecodeError
@@ -269,30 +269,17 @@ class ModelFollower:
         return True
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            while not self._stop.is_set():
-                try:
-                    messages = consumer.consume(100, self._poll_timeout_s)
-                except Exception:  # never let one bad poll kill the follower
-                    log.exception("model follower: consume failed")
-                    self._stop.wait(self._poll_timeout_s)
-                    continue
-                for msg in messages:
-                    try:
-                        if msg.error() is not None:
-                            handle_error(msg, "model follower")
-                            continue
-                        update = self._decode(msg)
-                        if update is not None:
-                            self._load(update)
-                    except Exception:
-                        log.exception(
-                            "model follower: message at %s[%s]@%s skipped",
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                        )
-        finally:
-            consumer.close()
+        assert self._consumer is not None
+        follow(
+            self._consumer,
+            self._apply,
+            self._stop,
+            what="model follower",
+            batch=100,
+            poll_timeout_s=self._poll_timeout_s,
+        )
+
+    def _apply(self, msg: Message) -> None:
+        update = self._decode(msg)
+        if update is not None:
+            self._load(update)

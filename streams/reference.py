@@ -28,7 +28,13 @@ from confluent_kafka import (
 )
 
 from streams.settings import Settings
-from streams.topic_reader import assign_consumer, handle_error, topic_partitions, watermarks_until
+from streams.topic_reader import (
+    assign_consumer,
+    follow,
+    handle_error,
+    topic_partitions,
+    watermarks_until,
+)
 from topics.catalog import CATALOG
 from topics.codec import decode
 from topics.exceptions import RecordDecodeError
@@ -284,28 +290,12 @@ class ReferenceFollower:
                 log.warning("reference follower did not stop within %.1f s", timeout_s)
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            while not self._stop.is_set():
-                try:
-                    messages = consumer.consume(500, self._poll_timeout_s)
-                except Exception:  # never let one bad poll kill the follower
-                    log.exception("reference follower: consume failed")
-                    self._stop.wait(self._poll_timeout_s)
-                    continue
-                for msg in messages:
-                    try:
-                        if msg.error() is not None:
-                            handle_error(msg, "reference consumer")
-                        else:
-                            self.data.apply(msg)
-                    except Exception:
-                        log.exception(
-                            "reference follower: message at %s[%s]@%s skipped",
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                        )
-        finally:
-            consumer.close()
+        assert self._consumer is not None
+        follow(
+            self._consumer,
+            self.data.apply,
+            self._stop,
+            what="reference follower",
+            batch=500,
+            poll_timeout_s=self._poll_timeout_s,
+        )

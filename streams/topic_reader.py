@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,7 +33,14 @@ from confluent_kafka import (
 
 from streams.settings import Settings
 
-__all__ = ["assign_consumer", "handle_error", "read_to_end", "topic_partitions", "watermarks_until"]
+__all__ = [
+    "assign_consumer",
+    "follow",
+    "handle_error",
+    "read_to_end",
+    "topic_partitions",
+    "watermarks_until",
+]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +189,44 @@ def read_to_end(
             if tp in pending and positions.get(tp, 0) >= ends[tp]:
                 pending.discard(tp)
     return positions
+
+
+def follow(
+    consumer: Consumer,
+    on_message: Callable[[Message], None],
+    stop: threading.Event,
+    *,
+    what: str,
+    batch: int = 500,
+    poll_timeout_s: float = 0.5,
+) -> None:
+    """Feed every message of an assigned ``consumer`` to ``on_message`` until ``stop`` is set.
+
+    The loop of a follower thread (model updates, reference data): a failed poll or a
+    message ``on_message`` raises on is logged with its position and the loop goes on, so
+    one bad record never stops the follower. Closes the consumer on the way out.
+    """
+    try:
+        while not stop.is_set():
+            try:
+                messages = consumer.consume(batch, poll_timeout_s)
+            except Exception:  # never let one bad poll kill the follower
+                log.exception("%s: consume failed", what)
+                stop.wait(poll_timeout_s)
+                continue
+            for msg in messages:
+                try:
+                    if msg.error() is not None:
+                        handle_error(msg, what)
+                    else:
+                        on_message(msg)
+                except Exception:
+                    log.exception(
+                        "%s: message at %s[%s]@%s skipped",
+                        what,
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                    )
+    finally:
+        consumer.close()
