@@ -34,7 +34,7 @@ from datetime import datetime
 
 from confluent_kafka import Message
 
-from billing.engine import BillingEngine, Emit, LateInputError, to_ms
+from billing.engine import BillingEngine, Emit, LateInputError
 from billing.reconciliation import ReconciliationConfig
 from models.features import session_features
 from streams.dead_letters import refuse
@@ -49,6 +49,7 @@ from streams.metrics import (
 )
 from streams.settings import DEFAULT_BILLING_GROUP, Settings
 from topics.catalog import CLOCK_KEY, TopicSpec, changelog_spec, topic
+from topics.clock import InputClock
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.identity import stable_id
@@ -115,6 +116,7 @@ class BillingProcessor:
         self.changelog_topic = topic("billing_state")
         self._features_topic = topic("session_features")
         self._features_ticked: dict[int, int] = {}
+        self._input_clocks: dict[tuple[str, int], InputClock] = {}
 
     def engine(self, partition: int) -> BillingEngine:
         engine = self.engines.get(partition)
@@ -215,8 +217,16 @@ class BillingProcessor:
     def _tick(
         self, short: str, partition: int, engine: BillingEngine, tick: ClockTick
     ) -> list[Emit]:
-        """A clock tick on one input topic; the watermark is the oldest of the three topics'."""
-        return engine.tick(short, to_ms(tick.event_time), channels=len(INPUT_TOPICS))
+        """A clock tick on one input topic; the watermark is the oldest of the three topics'.
+
+        Each topic's time is what the ticks of every ingest worker vouch for together
+        (:class:`~topics.clock.InputClock`), so one worker ahead of another cannot move it.
+        """
+        clock = self._input_clocks.setdefault((short, partition), InputClock())
+        at_ms = clock.observe(tick)
+        if at_ms is None:
+            return []
+        return engine.tick(short, at_ms, channels=len(INPUT_TOPICS))
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild one partition's engine from its changelog."""
@@ -228,6 +238,8 @@ class BillingProcessor:
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns."""
         self.engines.pop(partition, None)
+        for key in [k for k in self._input_clocks if k[1] == partition]:
+            del self._input_clocks[key]
 
 
 class BillingStage:

@@ -60,6 +60,7 @@ from streams.metrics import (
 )
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
 from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
+from topics.clock import InputClock
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.records import ClockTick, FraudAlert, PaymentEvent, SessionFeatures
@@ -257,6 +258,7 @@ class DetectionProcessor:
         self.pending: dict[int, set[bytes]] = {}
         """Per partition: keys of terminal and card entities waiting for the clock."""
         self.held: dict[int, dict[bytes, Held]] = {}
+        self.input_clocks: dict[tuple[str, int], InputClock] = {}
         """Per partition: sessions waiting for their channel's clock (also in the state
         changelog, one row each, removed when released)."""
         self.features_partitions = CATALOG["session_features"].partitions
@@ -321,8 +323,13 @@ class DetectionProcessor:
                 return "ignored"
             # Event time, on to every keyed partition: terminals and cards decide on the
             # oldest payment partition's clock, tokens on the oldest features partition's.
+            # Several ingest workers: a payments tick vouches only for the inputs its
+            # sender reads; the partition's time is what all of them vouch for together.
             tick = decode(value, ClockTick)
-            self._forward_clock(batch, channel, partition, to_ms(tick.event_time))
+            clock = self.input_clocks.setdefault((short, partition), InputClock())
+            at_ms = clock.observe(tick)
+            if at_ms is not None:
+                self._forward_clock(batch, channel, partition, at_ms)
             return "clock"
         if value is None:
             raise RecordDecodeError("message has no value (null)")
@@ -638,6 +645,8 @@ class DetectionProcessor:
         self.state.pop(partition, None)
         self.pending.pop(partition, None)
         self.held.pop(partition, None)
+        for key in [k for k in self.input_clocks if k[1] == partition]:
+            del self.input_clocks[key]
 
 
 class InMemoryDetection:

@@ -59,6 +59,7 @@ _DAY_MS = 86_400_000
 
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
+_INPUT_PARTITIONS = sum(CATALOG[short].partitions for short in INPUT_TOPICS)
 
 
 @dataclass(slots=True)
@@ -92,6 +93,7 @@ class IngestProcessor:
         self.caught_up: set[tuple[str, int]] = set()
         self.assigned: set[tuple[str, int]] = set()
         """Input partitions assigned to this worker (empty without a consumer, as in replay)."""
+        self._idle_sent: list[str] = []
         self._current: tuple[str, int] = ("", 0)
         self._now_ms = 0
         self._future = 0
@@ -166,26 +168,52 @@ class IngestProcessor:
 
         The tick follows, in each partition, every record this ingest wrote before it, so a
         reader that has seen a tick on all three topics of a partition has seen their input
-        up to that minute (with one ingest worker; with several, up to the skew between them).
-        The minute is :meth:`clock_now`'s.
+        up to that minute. The minute is :meth:`clock_now`'s. A worker of a consumer group
+        vouches only for the input partitions assigned to it (``covers``; readers combine
+        the workers' ticks with :class:`topics.clock.InputClock`); one whose partitions are
+        all read to their end without a record says so once (``idle``).
         """
+        covers, idle = self._vouched()
         seen = self.clock_now()
         if seen < 0:
+            if covers is None or covers or not idle or idle == self._idle_sent:
+                return
+            self._idle_sent = idle
+            self._send_tick(result, ClockTick(
+                event_id=stable_id("clock-idle", *idle), event_time=from_ms(0),
+                source=self.stage, covers=[], idle=idle, inputs=_INPUT_PARTITIONS,
+            ))  # fmt: skip
             return
         minute = seen - seen % 60_000
         if minute <= self.clock_ms:
             return
         self.clock_ms = minute
-        tick = encode(
-            ClockTick(
-                event_id=stable_id("clock", minute),
-                event_time=from_ms(minute),
-                source=self.stage,
-            )
-        )
+        self._idle_sent = idle
+        self._send_tick(result, ClockTick(
+            event_id=stable_id("clock", minute, *(covers or ())),
+            event_time=from_ms(minute),
+            source=self.stage,
+            covers=covers,
+            idle=idle,
+            inputs=None if covers is None else _INPUT_PARTITIONS,
+        ))  # fmt: skip
+
+    def _vouched(self) -> tuple[list[str] | None, list[str]]:
+        """(input partitions a tick vouches for, idle ones); None without an assignment."""
+        if not self.assigned:
+            return None, []
+        covers, idle = [], []
+        for tp in sorted(self.assigned):
+            name = f"{self._topics.get(tp[0], tp[0])}/{tp[1]}"
+            empty = tp in self.caught_up and tp not in self.seen_ms
+            (idle if empty else covers).append(name)
+        return covers, idle
+
+    def _send_tick(self, result: BatchResult, tick: ClockTick) -> None:
+        encoded = encode(tick)
         for name in self._out.values():
             for p in range(SESSION_PARTITIONS):
-                result.outputs.append(Output(name, CLOCK_KEY, tick, p))
+                result.outputs.append(Output(name, CLOCK_KEY, encoded, p))
 
     def _saw(self, moment: datetime) -> None:
         """Input time of the current message; a day or more ahead of ``now`` is ignored."""

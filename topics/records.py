@@ -403,8 +403,17 @@ class ClockTick(Event, kw_only=True, frozen=True):
     """Input seen by ingest has reached ``event_time`` (a whole minute): the watermark.
 
     Ingest sends one to every partition of the clock topic when the minute advances, so a
-    partition with no traffic of its own still sees event time pass.
+    partition with no traffic of its own still sees event time pass. With several ingest
+    workers each vouches only for the input partitions it reads (:mod:`topics.clock`).
     """
+
+    covers: list[str] | None = None
+    """Input partitions (``short_topic/partition``) whose input up to ``event_time`` was
+    written before this tick; None: the sender's whole input (one writer)."""
+    idle: list[str] = []
+    """Input partitions read to their end, holding nothing: they do not hold the clock back."""
+    inputs: int | None = None
+    """How many input partitions there are in all (None: one writer vouches for all)."""
 
 
 class DeadLetter(Event, kw_only=True, frozen=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 import pytest
 
@@ -201,3 +202,61 @@ def test_clock_waits_for_partitions_behind_and_for_assigned_ones_not_read_yet() 
     assert p.clock_now() == 9_000_000
     p.mark_caught_up([("frames", 0)])
     assert p.clock_now() == 9_000_000  # all read to the end: the latest time read anywhere
+
+
+def _ticks(result: BatchResult, short: str, partition: int) -> list[tuple[str, int, bytes]]:
+    """The clock ticks of one output partition, as a billing consumer would read them."""
+    return [
+        (topic(short), partition, o.value or b"")
+        for o in result.outputs
+        if o.key == CLOCK_KEY and o.topic == topic(short) and o.partition == partition
+    ]
+
+
+def test_two_ingest_workers_each_vouch_for_their_own_partitions_only() -> None:
+    from streams.billing import BillingProcessor
+    from streams.ingest import INPUT_TOPICS
+
+    inputs = [(topic(t), p) for t in INPUT_TOPICS for p in range(SESSION_PARTITIONS)]
+    a, b = IngestProcessor(hash_secret=b"k"), IngestProcessor(hash_secret=b"k")
+    a.assign(inputs[::2])
+    b.assign(inputs[1::2])
+    a.mark_caught_up(inputs[2::2])  # a reads frames[0] only, at 13:00
+    b.mark_caught_up(inputs[3::2])  # b reads frames[1] only, at 12:10 (behind)
+    out_a = a.process([frame_msg(START, 0, partition=0)], now=NOW)
+    late = [2, "7", "Heartbeat", {}]
+    out_b = b.process([(FRAMES, 1, 0, b"CP-8", orjson.dumps({"station_id": "CP-8",
+        "received_at": "2024-03-01T11:10:00Z", "protocol": "ocpp1.6", "frame": late}))],
+        now=NOW)  # fmt: skip
+    [tick_a] = [decode(v, ClockTick) for *_, v in _ticks(out_a, "session_events", 0)]
+    [tick_b] = [decode(v, ClockTick) for *_, v in _ticks(out_b, "session_events", 0)]
+    assert set(tick_a.covers or ()) | set(tick_a.idle) == {f"{t}/{p}" for t, p in [
+        (s, p) for s in INPUT_TOPICS for p in range(SESSION_PARTITIONS)][::2]}  # fmt: skip
+    assert tick_a.inputs == tick_b.inputs == len(inputs)
+
+    billing = BillingProcessor()
+    for short in ("session_events", "meter_readings", "payment_events"):
+        billing.process([(t, p, 0, CLOCK_KEY, v) for t, p, v in _ticks(out_a, short, 0)], now=NOW)
+    assert billing.engine(0).watermark_ms <= 0  # b has not vouched for its partitions yet
+    for short in ("session_events", "meter_readings", "payment_events"):
+        billing.process([(t, p, 1, CLOCK_KEY, v) for t, p, v in _ticks(out_b, short, 0)], now=NOW)
+    assert billing.engine(0).watermark_ms == int(tick_b.event_time.timestamp() * 1000)
+    assert tick_b.event_time < tick_a.event_time  # the slower worker holds the clock
+
+
+def test_a_worker_with_only_empty_partitions_says_so_once() -> None:
+    from topics.clock import InputClock
+
+    p = IngestProcessor(hash_secret=b"k")
+    mine = [(FRAMES, 3), (topic("psp_payment_events"), 3)]
+    p.assign(mine)
+    p.mark_caught_up(mine)
+    [first, *_] = [decode(o.value or b"", ClockTick) for o in p.tick(NOW).outputs]
+    assert first.covers == [] and first.idle == ["ocpp_frames/3", "psp_payment_events/3"]
+    assert p.tick(NOW).outputs == []  # nothing changed: nothing more
+    clock = InputClock()
+    assert clock.observe(first) is None  # idle partitions alone tell no time
+    other = msgspec.structs.replace(
+        first, covers=[f"x/{i}" for i in range(first.inputs - 2)], idle=[]
+    )
+    assert clock.observe(other) == int(other.event_time.timestamp() * 1000)
