@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import msgspec
+from msgspec import structs
 
 from topics.codec import encode
 from topics.records import (
@@ -166,13 +168,44 @@ LABEL = AlertLabel(
 )
 
 
-def messages() -> list[tuple[str, bytes | None, bytes | None]]:
-    """The test data in topic order; s1 gets a correction (revision 1), s3 is on the next
-    day in GBP, and the delivery record shows alert-00 paged."""
-    out: list[tuple[str, bytes | None, bytes | None]] = []
+_ID_FIELDS = (
+    "event_id",
+    "session_id",
+    "station_id",
+    "alert_id",
+    "result_id",
+    "subject_id",
+    "payment_id",
+    "psp_reference",
+)
 
-    def add(short: str, key: str, record: object) -> None:
-        out.append((short, key.encode(), encode(record)))
+
+def _moved(record: Any, run: str, shift: timedelta, currencies: dict[str, str]) -> Any:
+    changes: dict[str, Any] = {"event_time": record.event_time + shift}
+    for name in _ID_FIELDS:
+        value = getattr(record, name, None)
+        if isinstance(value, str):
+            changes[name] = run + value
+    currency = getattr(record, "currency", None)
+    if currency in currencies:
+        changes["currency"] = currencies[currency]
+    return structs.replace(record, **changes)
+
+
+def messages(
+    run: str = "", shift: timedelta = timedelta(0), currencies: dict[str, str] | None = None
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """The test data in topic order; s1 gets a correction (revision 1), s3 is on the next
+    day in GBP, and the delivery record shows alert-00 paged.
+
+    ``run`` prefixes every id, ``shift`` moves every time and ``currencies`` renames
+    currencies: a broker test's own copy, apart from what other tests wrote.
+    """
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+    currencies = currencies or {}
+
+    def add(short: str, key: str, record: Any) -> None:
+        out.append((short, (run + key).encode(), encode(_moved(record, run, shift, currencies))))
 
     for s, station, start in (("s1", "CP1", 0), ("s2", "CP1", 20), ("s3", "CP3", 60 * 24)):
         for e in session_events(s, station, start):
@@ -195,12 +228,9 @@ def messages() -> list[tuple[str, bytes | None, bytes | None]]:
     for a in ALERTS:
         add("fraud_alerts", a.alert_id, a)
     add("alert_labels", LABEL.alert_id, LABEL)
+    delivery = {"status": "delivered", "attempts": 1, "at": "2024-05-06T10:32:00Z"}
     out.append(
-        (
-            "alert_deliveries",
-            b"alert-00|pager|trigger",
-            msgspec.json.encode({"status": "delivered", "attempts": 1, "at": "x"}),
-        )
+        ("alert_deliveries", f"{run}alert-00|pager|trigger".encode(), msgspec.json.encode(delivery))
     )
     out.append(("session_events", b"\x00clock", b'{"event_id":"tick"}'))
     return out
