@@ -10,7 +10,9 @@ hash of where it came from, so a redone batch does not make a second one), is lo
 counted, and the follower goes on.
 
 ``caught_up`` is set once every partition reached the end it had when the follower started:
-the view is then as fresh as the topics were at start-up (``/readyz``).
+the view is then as fresh as the topics were at start-up (``/readyz``). After that,
+:meth:`ViewFollower.lag` is the distance to the high watermarks the consumer last saw in its
+fetch responses (no extra request), also exported as ``voltguard_api_view_lag_records``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import Counter, Gauge
 
 from streams.api_store import ViewStore
 from streams.dead_letters import dead_letter_output
+from streams.metrics import DEAD_LETTERS
 from streams.settings import Settings
 from streams.topic_reader import handle_error, topic_partitions, watermarks_until
 from topics.catalog import topic
@@ -44,8 +47,8 @@ VIEW_RECORDS = Counter(
 )
 VIEW_LAG = Gauge(
     "voltguard_api_view_lag_records",
-    "Records the operator API's view still had to read, per followed topic, to reach the end "
-    "the topic had when the API started (0 once the view caught up with start-up).",
+    "Records between the operator API's view and the high watermark of a followed topic, "
+    "summed over its partitions (as of the consumer's last fetch).",
     ["topic"],
 )
 
@@ -71,6 +74,7 @@ class ViewFollower:
         self._names = {topic(short): short for short in FOLLOWED}
         self._thread = threading.Thread(target=self._run, name="api-view-follower", daemon=True)
         self._ends: dict[tuple[str, int], int] = {}
+        self._highs: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}
 
     def start(self) -> None:
@@ -85,9 +89,12 @@ class ViewFollower:
         return self._thread.is_alive()
 
     def lag(self) -> dict[str, int]:
-        """Records behind the end seen at start-up, per topic (0 once caught up there)."""
+        """Records behind the latest known high watermark, per topic."""
+        return self._behind(self._highs)
+
+    def _behind(self, ends: dict[tuple[str, int], int]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for (name, p), end in self._ends.items():
+        for (name, p), end in ends.items():
             behind = max(end - self._positions.get((name, p), 0), 0)
             out[self._names[name]] = out.get(self._names[name], 0) + behind
         return out
@@ -122,7 +129,7 @@ class ViewFollower:
             for name, p in partitions:
                 low, high = watermarks_until(consumer, TopicPartition(name, p), deadline)
                 self._positions[(name, p)] = max(stored.get((name, p), low), low)
-                self._ends[(name, p)] = high
+                self._ends[(name, p)] = self._highs[(name, p)] = high
             consumer.assign(
                 [
                     TopicPartition(name, p, stored.get((name, p), OFFSET_BEGINNING))
@@ -139,6 +146,7 @@ class ViewFollower:
                 messages = consumer.consume(self.batch_max, 0.2)
                 if messages:
                     self._handle(messages, producer)
+                self._watch(consumer)
                 self._check_caught_up()
         finally:
             producer.flush(10)
@@ -161,6 +169,7 @@ class ViewFollower:
                 row = project(short, msg.key(), msg.value(), p, msg.offset())
             except (RecordDecodeError, ValueError) as exc:
                 VIEW_RECORDS.labels(topic=short, outcome="dead_letter").inc()
+                DEAD_LETTERS.labels(stage="api", error=type(exc).__name__).inc()
                 log.warning("api view: %s[%d]@%d rejected: %s", name, p, msg.offset(), exc)
                 letters.append(
                     dead_letter_output(
@@ -189,10 +198,19 @@ class ViewFollower:
         self.store.apply(rows, moved)
         self._positions.update(moved)
 
-    def _check_caught_up(self) -> None:
-        lag = self.lag()
-        for short, behind in lag.items():
+    def _watch(self, consumer: Consumer) -> None:
+        """Refresh the known high watermarks from the consumer's cache (no request)."""
+        for name, p in self._highs:
+            try:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), cached=True)
+            except Exception:  # not fetched yet: keep the last known one
+                continue
+            if high >= 0:
+                self._highs[(name, p)] = int(high)
+        for short, behind in self.lag().items():
             VIEW_LAG.labels(topic=short).set(behind)
-        if not self.caught_up.is_set() and not any(lag.values()):
+
+    def _check_caught_up(self) -> None:
+        if not self.caught_up.is_set() and not any(self._behind(self._ends).values()):
             log.info("operator API view caught up with the topics' end at start-up")
             self.caught_up.set()
