@@ -332,6 +332,7 @@ def tail(
 
 def _register_optional_commands() -> None:
     """Add the command groups that live in their own modules."""
+    from streams.commands.api import api
     from streams.commands.demo import demo
     from streams.commands.importer import import_sessions
     from streams.commands.ingress import ingress
@@ -351,6 +352,7 @@ def _register_optional_commands() -> None:
     main.add_command(tariffs_group)
     main.add_command(replay)
     main.add_command(retrain)
+    main.add_command(api)
 
 
 _register_optional_commands()

@@ -206,6 +206,17 @@ class Settings:
     """Budget in seconds of one delivery (rate-limit waits, attempts and backoffs), after
     which it is failed: a slow destination holds a batch at most this long. Env:
     VOLTGUARD_ROUTER_DELIVERY_DEADLINE_S."""
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+    """Bearer token of the operator API (every ``/v1`` request); required by ``voltguard
+    api``. Compared in constant time, never logged. Env: VOLTGUARD_API_TOKEN."""
+    api_addr: str = "127.0.0.1"
+    """Address the operator API listens on (0.0.0.0 in a container). Env: VOLTGUARD_API_ADDR."""
+    api_port: int = 8088
+    """Port of the operator API. Env: VOLTGUARD_API_PORT."""
+    api_db: str = "./voltguard-api.sqlite3"
+    """SQLite file of the operator API's view, with the consumed positions (a restart resumes
+    from them); ``:memory:`` rebuilds the view from the topics at every start (bounded by
+    their retention). One file per API instance. Env: VOLTGUARD_API_DB."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
