@@ -297,7 +297,9 @@ class TransactionalLoop:
         for m in batch:
             offsets[(m.topic(), m.partition())] = m.offset() + 1
         if offsets:
-            producer.send_offsets_to_transaction(
+            _within(
+                _OFFSETS_DEADLINE_S,
+                producer.send_offsets_to_transaction,
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 self.consumer.consumer_group_metadata(),
                 30,
@@ -307,6 +309,39 @@ class TransactionalLoop:
         BATCH_SECONDS.labels(stage=self.stage.name).observe(time.perf_counter() - started)
         if self.on_batch is not None:
             self.on_batch(result)
+
+
+def _within(deadline_s: float, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` in a thread; KafkaException(_TIMED_OUT) if it has not returned after
+    ``deadline_s``.
+
+    For ``send_offsets_to_transaction``, which librdkafka (2.16) can block in forever, past
+    its own timeout, when the group coordinator went away (the broker restarted): see
+    confluentinc/librdkafka#5456. The fault test saw a worker hang there for minutes. A
+    worker that raises exits and is restarted (its open transaction is then aborted, the
+    batch redone); one that hangs holds its partitions and never recovers.
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call(*args)))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="voltguard-kafka-call", daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    if not outcome:
+        raise KafkaException(
+            KafkaError(
+                KafkaError._TIMED_OUT, f"{call.__name__} still blocked after {deadline_s:.0f} s"
+            )
+        )
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _is_eof(msg: Message) -> bool:
@@ -327,6 +362,9 @@ def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tu
             time.sleep(0.2)
     raise AssertionError("unreachable")
 
+
+_OFFSETS_DEADLINE_S = 45.0
+"""Longest wait for send_offsets_to_transaction (its own timeout is 30 s), see _within."""
 
 _RESTORE_IDLE_S = 30.0
 """Seconds without a record or an end-of-partition event before a restore gives up."""

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from topics.catalog import CLOCK_KEY, topic
 
@@ -74,3 +82,118 @@ def read_all(
     finally:
         consumer.close()
     return out
+
+
+# ---------------------------------------------------------------- worker processes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_process(
+    stage: str,
+    bootstrap: str,
+    *,
+    env: dict[str, str] | None = None,
+    exit_when_idle: float | None = 6.0,
+    log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``voltguard worker --stage STAGE`` as a subprocess (so a test can SIGKILL it).
+
+    ``env`` adds VOLTGUARD_* settings; ``exit_when_idle=None`` runs until a signal. Output
+    goes to ``log_path`` when given (appended, so a restarted worker's log follows its
+    predecessor's), else to a pipe.
+    """
+    out: Any = subprocess.PIPE
+    if log_path is not None:
+        out = log_path.open("ab")
+    idle = [] if exit_when_idle is None else ["--exit-when-idle", str(exit_when_idle)]
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--stage", stage,
+             "--bootstrap-servers", bootstrap, *idle],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    finally:
+        if log_path is not None:
+            out.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 0.2 s until it holds; AssertionError naming ``what`` after."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def group_lag(bootstrap: str, group: str, short: str) -> list[int] | None:
+    """Per partition, the offsets of a catalog topic a consumer group has not committed yet
+    (None: the broker did not answer). A topic written in transactions keeps a lag of one
+    per partition after its last commit marker, which no consumer ever consumes."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    name = topic(short)
+    try:
+        meta = consumer.list_topics(name, timeout=5).topics[name].partitions
+        committed = consumer.committed([TopicPartition(name, p) for p in meta], timeout=5)
+        lags = []
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            lags.append(high - (tp.offset if tp.offset >= 0 else 0))
+        return lags
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
+# ---------------------------------------------------------------- an HTTP receiver
+
+
+@dataclass
+class HttpReceiver:
+    """A local aiohttp server in a thread that answers POSTs with ``handler``.
+
+    ``handler(path, body bytes, headers)`` is a coroutine returning (status, text, headers).
+    """
+
+    handler: Callable[[str, bytes, dict[str, str]], Awaitable[tuple[int, str, dict[str, str]]]]
+    port: int = 0
+
+    def __enter__(self) -> HttpReceiver:
+        from aiohttp import web
+
+        self._loop = asyncio.new_event_loop()
+
+        async def handle(request: web.Request) -> web.Response:
+            status, text, headers = await self.handler(
+                request.path, await request.read(), dict(request.headers)
+            )
+            return web.Response(status=status, text=text, headers=headers)
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handle)
+        runner = web.AppRunner(app)
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            self._loop.run_until_complete(site.start())
+            self.port = runner.addresses[0][1]
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(runner.cleanup())
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the receiver did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -126,6 +126,11 @@ ADYEN_KINDS: dict[str, str] = {
 _WALLETS = {"applepay", "googlepay", "paywithgoogle", "samsungpay", "paypal", "amazonpay"}
 
 
+def _is_wallet(value: Any) -> bool:
+    """A wallet payment method name (a list or an object there is not one, nor a crash)."""
+    return isinstance(value, str) and value in _WALLETS
+
+
 def redact_identifiers(doc: Any, *, hash_secret: bytes, path: str = "$") -> tuple[Any, list[str]]:
     """``doc`` with the string values of :data:`PERSONAL_KEYS` (at any depth) replaced by
     their keyed hash, and the JSON paths that were replaced.
@@ -257,7 +262,7 @@ def map_stripe_event(event: Mapping[str, Any], *, hash_secret: bytes) -> Payment
         types = obj.get("payment_method_types") or ["card"]
         if charge_obj:
             fingerprint, method = _stripe_card(charge_obj, f"{path}.latest_charge")
-        elif isinstance(types, list) and types and types[0] in _WALLETS:
+        elif isinstance(types, list) and types and _is_wallet(types[0]):
             method = "wallet"
     elif etype.startswith("charge.dispute."):
         reference = _field(obj, "id", path)
@@ -304,7 +309,7 @@ def _stripe_card(charge: Mapping[str, Any], path: str) -> tuple[str | None, str]
     card = details.get("card") or details.get("card_present") or {}
     fingerprint = card.get("fingerprint") if isinstance(card, Mapping) else None
     wallet = card.get("wallet") if isinstance(card, Mapping) else None
-    method = "wallet" if wallet or details.get("type") in _WALLETS else "card"
+    method = "wallet" if wallet or _is_wallet(details.get("type")) else "card"
     return (fingerprint if isinstance(fingerprint, str) and fingerprint else None), method
 
 

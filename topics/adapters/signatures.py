@@ -85,6 +85,9 @@ def _stripe_hmac(secret: str, timestamp: str, payload: bytes) -> str:
 
 
 def _parse_header(header: str) -> tuple[int, list[str]]:
+    if not header.isascii():
+        # Stripe's header is ASCII; hmac.compare_digest raises TypeError on a non-ASCII str.
+        raise ValueError("not ASCII")
     timestamp: int | None = None
     signatures: list[str] = []
     for item in header.split(","):
