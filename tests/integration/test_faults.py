@@ -346,7 +346,13 @@ def wait_caught_up(bootstrap: str, groups: dict[str, tuple[str, ...]], workers: 
             return False
         return len(seen) >= 3 and seen[-3] == seen[-2] == seen[-1]
 
-    wait_until(caught_up, 200, f"{sorted(groups)} to catch up (last lags {seen[-1:]})")
+    try:
+        wait_until(caught_up, 200, f"{sorted(groups)} to catch up")
+    except AssertionError:
+        names = [f"{g}/{s}" for g, shorts in groups.items() for s in shorts]
+        last = dict(zip(names, seen[-1], strict=True)) if seen else {}
+        logs = {n: workers.log(n)[-1500:] for n in sorted(workers.stages)}
+        raise AssertionError(f"not caught up after 200 s; last lags {last}; logs {logs}") from None
 
 
 @pytest.fixture(scope="module")
