@@ -460,6 +460,13 @@ def make_app(
 ) -> web.Application:
     """The ingress aiohttp application (routes above); ``clock`` gives unix seconds."""
     ingress = _Ingress(config, producer, clock)
+    # Series exist from the first scrape on, so rate() sees the first requests too.
+    for endpoint in _ENDPOINTS.values():
+        for status in ("2xx", "4xx", "5xx"):
+            INGRESS_SECONDS.labels(endpoint=endpoint, status=status)
+        if endpoint != "healthz":
+            for outcome in ("accepted", "duplicate"):
+                INGRESS_REQUESTS.labels(endpoint=endpoint, outcome=outcome)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_timed])
     app[INGRESS_KEY] = ingress
     app.router.add_post("/webhooks/stripe", ingress.stripe)

@@ -227,6 +227,8 @@ class TransactionalLoop:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+        for name in self.stage.input_topics:  # series from the first scrape on (rate())
+            STAGE_INPUT.labels(stage=self.stage.name, topic=self._name(name))
         last_input = time.monotonic()
         self._assigned_at: float | None = None
         try:
