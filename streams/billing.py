@@ -43,8 +43,10 @@ from streams.metrics import (
     BILLING_EVENTS,
     BILLS,
     DEAD_LETTERS,
+    LEAKAGE,
     OPEN_SESSIONS,
     RECONCILIATION_RESULTS,
+    UNRECONCILED,
     WATERMARK,
 )
 from streams.settings import DEFAULT_BILLING_GROUP, Settings
@@ -254,6 +256,7 @@ class BillingStage:
         self.changelog = changelog
         self.changelog_topic = changelog.name
         processor.changelog_topic = changelog.name
+        self.money = MoneyGauges()
 
     def process(self, batch: list[Message], now: datetime) -> BillingBatch:
         return self.processor.process(
@@ -266,6 +269,20 @@ class BillingStage:
     def forget(self, partition: int) -> None:
         self.processor.forget(partition)
 
+    def _partition_of(self, key: str) -> int:
+        for partition, engine in self.processor.engines.items():
+            if key in engine.cases:
+                return partition
+        return -1
+
+    def event_times(self) -> dict[str, int]:
+        """Billing's clock per input topic (short name): the newest tick of any partition."""
+        newest: dict[str, int] = {}
+        for engine in list(self.processor.engines.values()):
+            for short, ms in list(engine.channel_ticks.items()):
+                newest[short] = max(ms, newest.get(short, -1))
+        return newest
+
     def record_metrics(self, result: BillingBatch) -> None:
         for (short, outcome), n in result.counts.items():
             BILLING_EVENTS.labels(topic=short, outcome=outcome).inc(n)
@@ -276,11 +293,65 @@ class BillingStage:
                 BILLS.inc()
             elif e.topic == "reconciliation" and isinstance(e.record, ReconciliationResult):
                 RECONCILIATION_RESULTS.labels(outcome=e.record.outcome).inc()
+                self.money.publish(self._partition_of(e.key), e.record)
         engines = self.processor.engines
         OPEN_SESSIONS.set(sum(e.open_sessions() for e in engines.values()))
         for partition, engine in engines.items():
             if engine.watermark_ms > 0:
                 WATERMARK.labels(partition=str(partition)).set(engine.watermark_ms / 1000)
+
+
+LEAKAGE_OUTCOMES = frozenset({"undercharged", "missing_payment"})
+"""Outcomes whose shortfall is revenue leakage (as ``voltguard replay`` sums it)."""
+
+
+class MoneyGauges:
+    """Leakage and unreconciled amounts per currency from the latest published result of
+    each case (a correction replaces its earlier version), kept in the metrics gauges.
+
+    Only cases with a non-zero amount are remembered; a revoked partition's are dropped.
+
+    >>> g = MoneyGauges()
+    >>> def result(outcome, delta):
+    ...     return ReconciliationResult(event_id="e", event_time=from_ms(0), source="t",
+    ...         result_id="r", session_id="s", outcome=outcome, currency="EUR",
+    ...         delta_minor=delta)
+    >>> g.publish(0, result("undercharged", -120)); g.totals
+    {'EUR': (120, 120)}
+    >>> g.publish(0, result("overcharged", 30)); g.totals
+    {'EUR': (0, 30)}
+    >>> g.publish(0, result("matched", 0)); g.totals
+    {'EUR': (0, 0)}
+    """
+
+    def __init__(self) -> None:
+        self._cases: dict[int, dict[str, tuple[str, int, int]]] = {}
+        self.totals: dict[str, tuple[int, int]] = {}
+        """Currency -> (leakage, unreconciled), minor units."""
+
+    def publish(self, partition: int, result: ReconciliationResult) -> None:
+        key = result.session_id or result.result_id
+        cases = self._cases.setdefault(partition, {})
+        old = cases.pop(key, None)
+        if old is not None:
+            self._add(*old, sign=-1)
+        leak = -result.delta_minor if result.outcome in LEAKAGE_OUTCOMES else 0
+        open_minor = 0 if result.outcome in ("matched", "unrated") else abs(result.delta_minor)
+        if result.currency is not None and (leak > 0 or open_minor > 0):
+            cases[key] = (result.currency, max(0, leak), open_minor)
+            self._add(*cases[key], sign=1)
+        elif result.currency is not None and result.currency not in self.totals:
+            self._add(result.currency, 0, 0, sign=1)
+
+    def forget(self, partition: int) -> None:
+        for case in self._cases.pop(partition, {}).values():
+            self._add(*case, sign=-1)
+
+    def _add(self, currency: str, leak: int, open_minor: int, *, sign: int) -> None:
+        total_leak, total_open = self.totals.get(currency, (0, 0))
+        self.totals[currency] = (total_leak + sign * leak, total_open + sign * open_minor)
+        LEAKAGE.labels(currency=currency).set(self.totals[currency][0])
+        UNRECONCILED.labels(currency=currency).set(self.totals[currency][1])
 
 
 def BillingLoop(

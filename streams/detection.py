@@ -55,8 +55,10 @@ from streams.metrics import (
     DEAD_LETTERS,
     DETECTION_EVENTS,
     DETECTION_SECONDS,
+    MODEL_LOADED,
     MODEL_VERSION,
     ONLINE_SCORES,
+    SCORING_SECONDS,
 )
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
 from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
@@ -82,6 +84,7 @@ log = logging.getLogger(__name__)
 INPUT_TOPICS: Final = ("session_features", "payment_events", "detection_keyed")
 _CLOCK_CHANNELS: Final = {"payment_events": "payments", "session_features": "features"}
 """Input topics whose clock ticks detection passes on, and the channel each becomes."""
+_CHANNEL_TOPICS: Final = {channel: short for short, channel in _CLOCK_CHANNELS.items()}
 CARD_TESTING_KINDS: Final = frozenset({"authorized", "failed"})
 CARD_KINDS: Final = frozenset({"captured", "refunded"})
 ALERT_MEMORY_MS: Final = 14 * 86_400_000
@@ -211,6 +214,8 @@ class DetectionBatch:
     """The token features of the sessions that reached their station in this batch."""
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    scoring_seconds: list[tuple[str, float]] = field(default_factory=list)
+    """``(detector, seconds per session)`` of each online scoring and offline batch call."""
 
 
 def _channel_of(item: Held) -> str:
@@ -540,7 +545,9 @@ class DetectionProcessor:
             memory.scored[f.session_id] = at
             if self.online is not None:
                 scorer = self._scorer(partition)
+                started = time.perf_counter()
                 scored, online_alerts = scorer.observe_scored(f, keyed.token_features)
+                batch.scoring_seconds.append(("online", time.perf_counter() - started))
                 changed[(partition, _ONLINE)] = scorer
                 batch.scores.append(scored)
                 for alert in online_alerts:
@@ -566,7 +573,10 @@ class DetectionProcessor:
         if loaded is None:
             return
         memories = {f.session_id: m for m, f in self._to_score}
+        started = time.perf_counter()
         _, alerts = loaded.score_batch([f for _, f in self._to_score])
+        per_session = (time.perf_counter() - started) / len(self._to_score)
+        batch.scoring_seconds.append(("offline", per_session))
         fresh = []
         for alert in alerts:
             memory = memories.get(alert.session_id or "")
@@ -726,6 +736,23 @@ class DetectionStage:
         processor.changelog_topic = changelog.name
         processor.use_keyed_topic(keyed.name)
         self._versions: dict[str, str] = {}
+        MODEL_LOADED.labels(detector="offline").set_function(
+            lambda: float(processor.model is not None and processor.model() is not None)
+        )
+
+    def event_times(self) -> dict[str, int]:
+        """Detection's clock per input (payment_events, session_features): the newest
+        watermark of any keyed partition."""
+        newest: dict[str, int] = {}
+        for entities in list(self.processor.state.values()):
+            clock = entities.get(_CLOCK)
+            if not isinstance(clock, PartitionClock):
+                continue
+            for channel, ms in list(clock.watermarks.items()):
+                short = _CHANNEL_TOPICS.get(channel)
+                if short is not None:
+                    newest[short] = max(ms, newest.get(short, -1))
+        return newest
 
     def process(self, batch: list[Message], now: datetime) -> DetectionBatch:
         started = time.perf_counter()
@@ -751,6 +778,8 @@ class DetectionStage:
             ALERTS.labels(kind=alert.kind, severity=alert.severity).inc()
         for scored in result.scores:
             ONLINE_SCORES.observe(scored.score)
+        for detector, seconds in result.scoring_seconds:
+            SCORING_SECONDS.labels(detector=detector).observe(seconds)
         versions = {"online": result.scores[-1].model_version} if result.scores else {}
         loaded = self.processor.model() if self.processor.model is not None else None
         if loaded is not None:

@@ -318,6 +318,15 @@ class IngestStage:
     def assigned(self, partitions: list[tuple[str, int]]) -> None:
         self.processor.assign(partitions)
 
+    def event_times(self) -> dict[str, int]:
+        """Latest input time read per input topic (short name), Unix ms."""
+        newest: dict[str, int] = {}
+        topics = self.processor._topics
+        for (name, _), ms in list(self.processor.seen_ms.items()):
+            short = topics.get(name, name)
+            newest[short] = max(ms, newest.get(short, -1))
+        return newest
+
     def record_metrics(self, result: BatchResult) -> None:
         for (short, outcome), n in result.counts.items():
             INGEST_EVENTS.labels(topic=short, outcome=outcome).inc(n)

@@ -60,6 +60,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from streams.metrics import INGRESS_REQUESTS, INGRESS_SECONDS
 from topics.adapters.psp import (
     adyen_event_id,
     map_adyen_item,
@@ -260,6 +261,8 @@ class _Ingress:
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        endpoint, _, what = outcome.partition("_")
+        INGRESS_REQUESTS.labels(endpoint=endpoint, outcome=what).inc()
 
     def _reject(self, status: int, psp: str, reason: str, detail: str = "") -> web.Response:
         self._count(f"{psp}_{reason}")
@@ -421,6 +424,34 @@ class _Ingress:
         return _reply(200, status="ok", counts=self.counts)
 
 
+_ENDPOINTS = {
+    "/webhooks/stripe": "stripe",
+    "/webhooks/adyen": "adyen",
+    "/payments": "generic",
+    "/healthz": "healthz",
+}
+
+
+@web.middleware
+async def _timed(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Handling time per endpoint and status class (INGRESS_SECONDS)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        INGRESS_SECONDS.labels(
+            endpoint=_ENDPOINTS.get(request.path, "other"), status=f"{status // 100}xx"
+        ).observe(time.perf_counter() - started)
+
+
 def make_app(
     config: IngressConfig,
     producer: DeliveryProducer,
@@ -429,7 +460,14 @@ def make_app(
 ) -> web.Application:
     """The ingress aiohttp application (routes above); ``clock`` gives unix seconds."""
     ingress = _Ingress(config, producer, clock)
-    app = web.Application(client_max_size=config.max_body_bytes)
+    # Series exist from the first scrape on, so rate() sees the first requests too.
+    for endpoint in _ENDPOINTS.values():
+        for status in ("2xx", "4xx", "5xx"):
+            INGRESS_SECONDS.labels(endpoint=endpoint, status=status)
+        if endpoint != "healthz":
+            for outcome in ("accepted", "duplicate"):
+                INGRESS_REQUESTS.labels(endpoint=endpoint, outcome=outcome)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_timed])
     app[INGRESS_KEY] = ingress
     app.router.add_post("/webhooks/stripe", ingress.stripe)
     app.router.add_post("/webhooks/adyen", ingress.adyen)

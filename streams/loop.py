@@ -15,6 +15,7 @@ event (DESIGN.md "Where the time goes").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -34,7 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.metrics import BATCH_SECONDS
+from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, EVENT_TIME, STAGE_INPUT, STAGE_OUTPUT
 from streams.settings import Settings
 from topics.catalog import CATALOG
 
@@ -69,6 +70,9 @@ class Stage(Protocol):
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int: ...
     def forget(self, partition: int) -> None: ...
     def record_metrics(self, result: Any) -> None: ...
+
+    # Optional: ``event_times() -> dict[str, int]``, the newest event time (Unix ms) the
+    # stage has handled per topic short name, sampled with the consumer lag.
 
 
 class TransactionalLoop:
@@ -126,6 +130,8 @@ class TransactionalLoop:
             }
         )
         self._restore_base = base
+        self._sampled_at = 0.0
+        self._short = {spec.name: short for short, spec in CATALOG.items()}
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -154,6 +160,9 @@ class TransactionalLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            labels = (self.stage.name, self._name(tp.topic), str(tp.partition))
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(*labels)
             if tp.topic == self.stage.changelog_source:
                 self.stage.forget(tp.partition)
 
@@ -218,6 +227,8 @@ class TransactionalLoop:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+        for name in self.stage.input_topics:  # series from the first scrape on (rate())
+            STAGE_INPUT.labels(stage=self.stage.name, topic=self._name(name))
         last_input = time.monotonic()
         self._assigned_at: float | None = None
         try:
@@ -236,6 +247,8 @@ class TransactionalLoop:
                     # transaction.
                     self.stage.caught_up(ends)
                     self._transact([])
+                if time.monotonic() - self._sampled_at >= _SAMPLE_S:
+                    self._sample()
                 if not batch:
                     # Idle time counts from the later of the last input and the assignment,
                     # so a slow group join is not mistaken for an idle stream.
@@ -245,6 +258,33 @@ class TransactionalLoop:
         finally:
             self.consumer.close()
             self.producer.flush(10)
+
+    def _name(self, topic_name: str) -> str:
+        """The catalog short name of a topic (metric label), else its real name."""
+        return self._short.get(topic_name, topic_name)
+
+    def _sample(self) -> None:
+        """Consumer lag per assigned partition and the stage's event times, every few
+        seconds: position and cached high watermark are local reads (no broker round trip)."""
+        self._sampled_at = time.monotonic()
+        stage = self.stage.name
+        try:
+            assigned = self.consumer.assignment()
+            positions = self.consumer.position(assigned) if assigned else []
+            for tp in positions:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue  # no fetch response yet
+                lag = high - tp.offset if tp.offset >= 0 else high
+                labels = (stage, self._name(tp.topic), str(tp.partition))
+                CONSUMER_LAG.labels(*labels).set(max(0, lag))
+        except KafkaException as exc:  # metrics never stop the loop
+            log.debug("consumer lag not sampled: %s", exc)
+        event_times = getattr(self.stage, "event_times", None)
+        if event_times is not None:
+            for short, ms in event_times().items():
+                if ms > 0:
+                    EVENT_TIME.labels(stage=stage, topic=short).set(ms / 1000)
 
     def _ensure_internal_topics(self) -> None:
         """Create the stage's internal topics (changelog, repartition) when its group has
@@ -294,8 +334,11 @@ class TransactionalLoop:
                 except BufferError:
                     producer.poll(0.05)  # local queue full: let deliveries drain
         offsets: dict[tuple[str, int], int] = {}
+        consumed: dict[str, int] = {}
         for m in batch:
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            t = m.topic()
+            offsets[(t, m.partition())] = m.offset() + 1
+            consumed[t] = consumed.get(t, 0) + 1
         if offsets:
             _within(
                 _OFFSETS_DEADLINE_S,
@@ -306,9 +349,20 @@ class TransactionalLoop:
             )
         producer.commit_transaction(30)
         self.stage.record_metrics(result)
+        self._count(consumed, result.outputs)
         BATCH_SECONDS.labels(stage=self.stage.name).observe(time.perf_counter() - started)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _count(self, consumed: dict[str, int], outputs: list[Output]) -> None:
+        stage = self.stage.name
+        for t, n in consumed.items():
+            STAGE_INPUT.labels(stage=stage, topic=self._name(t)).inc(n)
+        produced: dict[str, int] = {}
+        for o in outputs:
+            produced[o.topic] = produced.get(o.topic, 0) + 1
+        for t, n in produced.items():
+            STAGE_OUTPUT.labels(stage=stage, topic=self._name(t)).inc(n)
 
 
 def _within(deadline_s: float, call: Callable[..., Any], *args: Any) -> Any:
@@ -365,6 +419,8 @@ def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 50) -> tu
 
 _OFFSETS_DEADLINE_S = 45.0
 """Longest wait for send_offsets_to_transaction (its own timeout is 30 s), see _within."""
+_SAMPLE_S = 5.0
+"""Seconds between samples of the consumer lag and the stage's event times."""
 
 _RESTORE_IDLE_S = 30.0
 """Seconds without a record or an end-of-partition event before a restore gives up."""

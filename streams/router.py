@@ -51,6 +51,7 @@ from topics.alerts import Destination, Notice, RouterConfig, TokenBucket
 from topics.catalog import TopicSpec, changelog_spec, topic
 from topics.codec import decode
 from topics.records import FraudAlert, ReconciliationResult
+from topics.times import to_ms
 
 __all__ = ["DeliveryFailed", "RouterLoop", "RouterStage", "Sender"]
 
@@ -199,6 +200,17 @@ class RouterStage:
         self.input_topics = (self._alerts, self._mismatches)
         self.records: dict[int, dict[str, str]] = {}
         """Per partition: record key -> status (delivered, failed)."""
+        self.newest_ms: dict[str, int] = {}
+        """Newest event time of the alerts and mismatches read, per topic short name."""
+
+    def _saw(self, name: str, record: FraudAlert | ReconciliationResult) -> None:
+        short = "fraud_alerts" if name == self._alerts else "reconciliation_mismatches"
+        ms = to_ms(record.event_time)
+        if ms > self.newest_ms.get(short, -1):
+            self.newest_ms[short] = ms
+
+    def event_times(self) -> dict[str, int]:
+        return dict(self.newest_ms)
 
     def _done(self, partition: int, key: str) -> str | None:
         return self.records.get(partition, {}).get(key)
@@ -212,10 +224,12 @@ class RouterStage:
                 continue
             try:
                 if m.topic() == self._alerts:
-                    notice = alerts.notice_from_alert(decode(m.value(), FraudAlert))
+                    record: FraudAlert | ReconciliationResult = decode(m.value(), FraudAlert)
+                    notice = alerts.notice_from_alert(record)
                 else:
-                    result = decode(m.value(), ReconciliationResult)
-                    notice = alerts.notice_from_mismatch(result, self.config.mismatch_severity)
+                    record = decode(m.value(), ReconciliationResult)
+                    notice = alerts.notice_from_mismatch(record, self.config.mismatch_severity)
+                self._saw(m.topic(), record)
             except Exception as exc:  # bad input never stops the router
                 out.outputs.append(
                     dead_letter_output(
@@ -292,10 +306,12 @@ class RouterStage:
         self.records.pop(partition, None)
 
     def record_metrics(self, result: RouterBatch) -> None:
-        from streams.metrics import ALERT_DELIVERIES, DEAD_LETTERS
+        from streams.metrics import ALERT_DELIVERIES, DEAD_LETTERS, ROUTER_NOTICES
 
         for d in result.deliveries:
             ALERT_DELIVERIES.labels(destination=d.dest.name, action=d.action, status=d.status).inc()
+        for outcome, n in result.counts.items():
+            ROUTER_NOTICES.labels(outcome=outcome).inc(n)
         for reason, n in result.dead_letter_reasons.items():
             DEAD_LETTERS.labels(stage="router", error=reason).inc(n)
 

@@ -18,6 +18,7 @@ import click
 from aiohttp import web
 
 from streams.ingress import IngressConfig, KafkaDelivery, make_app
+from streams.metrics import serve_metrics
 from streams.settings import ConfigError, Settings
 
 __all__ = ["ingress", "serve"]
@@ -75,7 +76,11 @@ def check_ingress_settings(settings: Settings) -> None:
 def ingress(
     addr: str | None, port: int | None, bootstrap_servers: str | None, tolerance_s: int | None
 ) -> None:
-    """Serve POST /webhooks/stripe, /webhooks/adyen, /payments and GET /healthz."""
+    """Serve POST /webhooks/stripe, /webhooks/adyen, /payments and GET /healthz.
+
+    Prometheus /metrics is served on VOLTGUARD_METRICS_PORT (unset: off), apart from the
+    webhook port.
+    """
     from streams.cli import _settings  # late: streams.cli imports this module
 
     settings = _settings(
@@ -86,6 +91,7 @@ def ingress(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve_metrics(settings.metrics_port, settings.metrics_addr)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_until_signal(settings))
 
