@@ -73,6 +73,8 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_names(registry: CollectorRegistry = REGISTRY) -> set[str]:
     """Every series name the registry's collectors can expose, plus Prometheus' own."""
+    import streams.api  # the operator API's own metrics
+    import streams.api_follower
     import streams.metrics  # noqa: F401  (defines voltguard's metrics)
 
     suffixes = {

@@ -150,9 +150,19 @@ def test_scrape_config_has_every_process_and_compose_metrics_port() -> None:
     scraped = set().union(*targets.values())
     for name, service in compose.items():
         command = service.get("command", [])
+        env = service.get("environment") or {}
+        port = None
         if "--metrics-port" in command:
             port = command[command.index("--metrics-port") + 1]
+        elif "VOLTGUARD_METRICS_PORT" in env:
+            port = env["VOLTGUARD_METRICS_PORT"]
+        elif command[:1] == ["api"]:  # the operator API serves /metrics on its own port
+            port = env["VOLTGUARD_API_PORT"]
+        if port is not None:
             assert f"{name}:{port}" in scraped, f"compose service {name} is not scraped"
+    for job in ("ingest", "billing", "detection", "router", "ingress", "api"):
+        for target in targets[job]:
+            assert target.split(":")[0] in compose, f"{job} scrapes {target}: no such service"
 
 
 def test_event_time_lag_is_computed_at_scrape_time() -> None:
