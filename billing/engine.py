@@ -102,6 +102,9 @@ class Case(msgspec.Struct, kw_only=True, omit_defaults=True):
     billed_version: int = -1
     result_digest: str | None = None
     result_outcome: str | None = None
+    result_currency: str | None = None
+    result_delta_minor: int = 0
+    """Currency and delta of the result last published (the money metrics after a restore)."""
     revision: int = -1
     featured: tuple[int, int] = (0, 0)
     """``(seq_repeats, payment events)`` when the session's features were last published."""
@@ -433,6 +436,8 @@ class BillingEngine:
         previous = case.result_outcome
         case.result_digest = digest
         case.result_outcome = verdict.outcome
+        case.result_currency = verdict.currency
+        case.result_delta_minor = verdict.delta_minor
         case.revision += 1
         result = _result(case, s, verdict, digest, self.watermark_ms)
         out = [Emit("reconciliation", case.key, result)]

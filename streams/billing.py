@@ -264,10 +264,13 @@ class BillingStage:
         )
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
-        return self.processor.restore(partition, records)
+        restored = self.processor.restore(partition, records)
+        self.money.restore(partition, self.processor.engines[partition])
+        return restored
 
     def forget(self, partition: int) -> None:
         self.processor.forget(partition)
+        self.money.forget(partition)
 
     def _partition_of(self, key: str) -> int:
         for partition, engine in self.processor.engines.items():
@@ -322,6 +325,8 @@ class MoneyGauges:
     {'EUR': (0, 30)}
     >>> g.publish(0, result("matched", 0)); g.totals
     {'EUR': (0, 0)}
+    >>> g.publish(0, result("missing_payment", -500)); g.forget(0); g.totals
+    {'EUR': (0, 0)}
     """
 
     def __init__(self) -> None:
@@ -330,18 +335,36 @@ class MoneyGauges:
         """Currency -> (leakage, unreconciled), minor units."""
 
     def publish(self, partition: int, result: ReconciliationResult) -> None:
-        key = result.session_id or result.result_id
+        self.set(
+            partition,
+            result.session_id or result.result_id,
+            result.outcome,
+            result.currency,
+            result.delta_minor,
+        )
+
+    def restore(self, partition: int, engine: BillingEngine) -> None:
+        """A partition's cases as their restored changelog says they were last published."""
+        self.forget(partition)
+        for key, case in engine.cases.items():
+            if case.result_outcome is not None:
+                outcome, currency = case.result_outcome, case.result_currency
+                self.set(partition, key, outcome, currency, case.result_delta_minor)
+
+    def set(
+        self, partition: int, key: str, outcome: str, currency: str | None, delta_minor: int
+    ) -> None:
         cases = self._cases.setdefault(partition, {})
         old = cases.pop(key, None)
         if old is not None:
             self._add(*old, sign=-1)
-        leak = -result.delta_minor if result.outcome in LEAKAGE_OUTCOMES else 0
-        open_minor = 0 if result.outcome in ("matched", "unrated") else abs(result.delta_minor)
-        if result.currency is not None and (leak > 0 or open_minor > 0):
-            cases[key] = (result.currency, max(0, leak), open_minor)
+        leak = -delta_minor if outcome in LEAKAGE_OUTCOMES else 0
+        open_minor = 0 if outcome in ("matched", "unrated") else abs(delta_minor)
+        if currency is not None and (leak > 0 or open_minor > 0):
+            cases[key] = (currency, max(0, leak), open_minor)
             self._add(*cases[key], sign=1)
-        elif result.currency is not None and result.currency not in self.totals:
-            self._add(result.currency, 0, 0, sign=1)
+        elif currency is not None and currency not in self.totals:
+            self._add(currency, 0, 0, sign=1)
 
     def forget(self, partition: int) -> None:
         for case in self._cases.pop(partition, {}).values():
