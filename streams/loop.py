@@ -347,7 +347,7 @@ class TransactionalLoop:
                 self.consumer.consumer_group_metadata(),
                 30,
             )
-        producer.commit_transaction(30)
+        _within(_OFFSETS_DEADLINE_S, producer.commit_transaction, 30)  # can block the same way
         self.stage.record_metrics(result)
         self._count(consumed, result.outputs)
         BATCH_SECONDS.labels(stage=self.stage.name).observe(time.perf_counter() - started)
@@ -369,7 +369,8 @@ def _within(deadline_s: float, call: Callable[..., Any], *args: Any) -> Any:
     """``call(*args)`` in a thread; KafkaException(_TIMED_OUT) if it has not returned after
     ``deadline_s``.
 
-    For ``send_offsets_to_transaction``, which librdkafka (2.16) can block in forever, past
+    For ``send_offsets_to_transaction`` (and ``commit_transaction``, which waits on the same
+    coordinator), which librdkafka (2.16) can block in forever, past
     its own timeout, when the group coordinator went away (the broker restarted): see
     confluentinc/librdkafka#5456. The fault test saw a worker hang there for minutes. A
     worker that raises exits and is restarted (its open transaction is then aborted, the

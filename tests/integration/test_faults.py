@@ -80,6 +80,8 @@ CONFIG = SimulationConfig(seed=4242, sessions=100, stations=12, fault_scale=6.0)
 RATE = 3000.0
 """Normal rate of the feed, records/s; the burst is ten times that."""
 REFERENCE_TOPICS = ("stations", "tariffs")
+STALL_S = 60.0
+"""A group behind and not moving this long has a stuck worker (see wait_caught_up)."""
 BLOCKED = "send_offsets_to_transaction still blocked"
 """What a worker's log says when the loop's deadline ended a blocked librdkafka call."""
 POISON = b"poison:"
@@ -242,6 +244,18 @@ class Workers:
         stage, env = self.stages[name]
         self.start(name, stage, **env)
 
+    def restart_stalled(self, stage: str) -> None:
+        """SIGKILL and restart every worker of ``stage`` (a liveness probe's restart)."""
+        for name in [n for n, (st, _) in self.stages.items() if st == stage]:
+            with self.lock:
+                proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            proc.kill()
+            rc = proc.wait(60)  # recorded as revived, not among the test's own kills
+            self.revived.append((name, rc, f"stalled: no progress for {STALL_S:.0f} s"))
+            self.restart(name)
+
     def revive(self) -> None:
         """Restart every worker that exited with an error (as a supervisor would: systemd,
         docker's restart policy, Kubernetes); the test did not kill it."""
@@ -337,11 +351,26 @@ def wait_caught_up(bootstrap: str, groups: dict[str, tuple[str, ...]], workers: 
     """Until every group has consumed its inputs to the end (a lag of at most the trailing
     transaction marker per partition), the same three checks in a row."""
     seen: list[object] = []
+    moved = {g: time.monotonic() for g in groups}
+    last: dict[str, object] = {}
 
     def caught_up() -> bool:
         workers.revive()
         lags = [group_lag(bootstrap, g, s) for g, shorts in groups.items() for s in shorts]
         seen.append(lags)
+        by_group = {g: [group_lag(bootstrap, g, s) for s in groups[g]] for g in groups}
+        now = time.monotonic()
+        for g, group_lags in by_group.items():
+            behind = any(lag is None or max(lag) > 1 for lag in group_lags)
+            if not behind or last.get(g) != group_lags:
+                moved[g], last[g] = now, group_lags
+            elif now - moved[g] > STALL_S:
+                # A liveness probe, as a supervisor would run one: a group behind and not
+                # moving for STALL_S has a worker stuck in a Kafka call without a deadline
+                # (librdkafka#5456 after the broker's restart); restart its workers. The
+                # outputs must still equal the uninterrupted run's.
+                workers.restart_stalled(g.removeprefix("voltguard-"))
+                moved[g] = now
         if any(lag is None or max(lag) > 1 for lag in lags):
             return False
         return len(seen) >= 3 and seen[-3] == seen[-2] == seen[-1]
