@@ -544,5 +544,17 @@ def bench_scoring(sessions: int, stations: int, seed: int, json_out: Path | None
         click.echo(f"figures written to {json_out}")
 
 
+def _register() -> None:
+    from streams.bench_fleet import bench_fleet
+    from streams.bench_pipeline import bench_pipeline
+    from streams.bench_recovery import bench_recovery
+
+    bench.add_command(bench_pipeline)
+    bench.add_command(bench_recovery)
+    bench.add_command(bench_fleet)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     bench()
