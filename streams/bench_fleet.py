@@ -65,7 +65,7 @@ def session_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
         stations.add(str(r.get("stationID")))
         first = start if first is None or start < first else first
         last = start if last is None or start > last else last
-    days = ((last - first).days + 1) if first and last else 0
+    days = ((last.date() - first.date()).days + 1) if first and last else 0
     return {
         "sessions": len(durations),
         "stations": len(stations),

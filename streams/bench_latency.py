@@ -51,7 +51,7 @@ class Timeline:
 
         >>> t = Timeline.build([(3, 30), (1, 10), (2, 25), (2, 20)])
         >>> t.event_ms, t.first_produced_ms
-        ([1, 2, 2, 3], [10, 20, 20, 30])
+        ([1, 2, 2, 3], [10, 20, 25, 30])
         """
         pairs = sorted(frames)
         event_ms = [e for e, _ in pairs]

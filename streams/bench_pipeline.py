@@ -90,6 +90,19 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """High-water RSS of ``pid`` (VmHWM; wait4's ru_maxrss would include the RSS the
+    parent had when it forked)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 @dataclass
 class Worker:
     stage: str
@@ -97,7 +110,6 @@ class Worker:
     proc: subprocess.Popen[bytes]
     log_path: Path
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)
-    peak_rss_kib: int = 0
     cpu_total_s: float = 0.0
     returncode: int | None = None
 
@@ -114,7 +126,6 @@ class Worker:
                 break
             time.sleep(0.1)
         self.proc.returncode = self.returncode = os.waitstatus_to_exitcode(status)
-        self.peak_rss_kib = usage.ru_maxrss
         self.cpu_total_s = usage.ru_utime + usage.ru_stime
 
 
@@ -250,6 +261,8 @@ class Monitor(threading.Thread):
                 TopicPartition(topic(s), p) for s in shorts for p in range(SESSION_PARTITIONS)
             ]
         self.samples: list[tuple[float, dict[str, int], dict[str, float | None]]] = []
+        self.peak_rss: dict[str, int] = {}
+        """Largest VmHWM seen per process, KiB."""
         self.halt = threading.Event()
 
     def committed(self, stage: str) -> int:
@@ -263,6 +276,10 @@ class Monitor(threading.Thread):
         while not self.halt.is_set():
             offsets = {stage: self.committed(stage) for stage in GROUPS}
             cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+            for name, pid in self.pids.items():
+                rss = peak_rss_kib(pid)
+                if rss is not None:
+                    self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
             self.samples.append((time.time(), offsets, cpu))
             self.halt.wait(self.interval_s)
         for reader in self.readers.values():
@@ -406,9 +423,13 @@ def latencies(
 
     The first receipt of each bill (by session), result version (result id, revision),
     fraud alert (alert id) and page (dedup key, action) counts. An alert is due when its
-    session's bill is (it is scored from the bill's features); a page when its alert or
-    mismatch is. Outputs whose due time no input reached, and alerts about no billed
-    session, are not paired (their counts are under ``unpaired``).
+    session's bill is (it is scored from the bill's features). A trigger page is due when
+    the first mismatching version of its result (or its alert) is, a resolve page when
+    the first version back to ``matched`` is (only the first page of each dedup key and
+    action counts, so that is the version that caused it). Outputs whose due
+    time no input reached, and alerts about no billed session, are not paired (counted
+    under ``unpaired``), nor outputs whose trigger was produced before ``after_ms`` (the
+    warm-up).
     """
     from topics.codec import decode
     from topics.records import FraudAlert, ReconciliationResult, SessionBill
@@ -417,7 +438,8 @@ def latencies(
     out: dict[str, list[float]] = {"bills": [], "results": [], "alerts": [], "pages": []}
     unpaired: dict[str, int] = {k: 0 for k in out}
     bill_due: dict[str, int] = {}
-    notice_due: dict[str, int] = {}
+    notices: dict[tuple[str, str], int | None] = {}
+    """(alert or result id, trigger|resolve) -> due time of the first version asking it."""
     seen: set[tuple[str, str]] = set()
 
     def pair(kind: str, due_ms: int | None, seen_s: float) -> None:
@@ -429,38 +451,37 @@ def latencies(
 
     ordered = sorted(records, key=lambda r: r[2])
     for short, value, seen_s in ordered:
-        if short == "session_bills":
-            bill = decode(value, SessionBill)
-            if ("bill", bill.session_id) in seen:
-                continue
-            seen.add(("bill", bill.session_id))
-            due = ceil_minute(int(bill.event_time.timestamp() * 1000) + grace_ms)
-            bill_due[bill.session_id] = due
-            pair("bills", due, seen_s)
-        elif short in ("reconciliation", "reconciliation_mismatches"):
+        if short != "session_bills":
+            continue
+        bill = decode(value, SessionBill)
+        if ("bill", bill.session_id) in seen:
+            continue
+        seen.add(("bill", bill.session_id))
+        due = ceil_minute(int(bill.event_time.timestamp() * 1000) + grace_ms)
+        bill_due[bill.session_id] = due
+        pair("bills", due, seen_s)
+    for short, value, seen_s in ordered:
+        if short in ("reconciliation", "reconciliation_mismatches"):
             r = decode(value, ReconciliationResult)
             due = None if r.decided_at is None else int(r.decided_at.timestamp() * 1000)
-            if due is not None:
-                notice_due.setdefault(r.result_id, due)
-            if short == "reconciliation" and ("result", f"{r.result_id}|{r.revision}") not in seen:
+            if short == "reconciliation_mismatches":
+                action = "resolve" if r.outcome == "matched" else "trigger"
+                notices.setdefault((r.result_id, action), due)
+            elif ("result", f"{r.result_id}|{r.revision}") not in seen:
                 seen.add(("result", f"{r.result_id}|{r.revision}"))
                 pair("results", due, seen_s)
-    for short, value, seen_s in ordered:
-        if short != "fraud_alerts":
-            continue
-        a = decode(value, FraudAlert)
-        if ("alert", a.alert_id) in seen:
-            continue
-        seen.add(("alert", a.alert_id))
-        due = bill_due.get(a.session_id or "")
-        if due is not None:
-            notice_due.setdefault(a.alert_id, due)
-        pair("alerts", due, seen_s)
+        elif short == "fraud_alerts":
+            a = decode(value, FraudAlert)
+            due = bill_due.get(a.session_id or "")
+            notices.setdefault((a.alert_id, "trigger"), due)
+            if ("alert", a.alert_id) not in seen:
+                seen.add(("alert", a.alert_id))
+                pair("alerts", due, seen_s)
     for seen_s, key, action in sorted(pages):
         if ("page", f"{key}|{action}") in seen:
             continue
         seen.add(("page", f"{key}|{action}"))
-        pair("pages", notice_due.get(key), seen_s)
+        pair("pages", notices.get((key, action)), seen_s)
     out["unpaired"] = [float(unpaired[k]) for k in ("bills", "results", "alerts", "pages")]
     return out
 
@@ -604,7 +625,7 @@ def run_phase(
                 "cpu_s_in_window": round(cpu, 2),
                 "cpu_share_of_one_core": round(cpu / window, 2) if window == window else None,
                 "cpu_s_whole_life": round(w.cpu_total_s, 2),
-                "peak_rss_mib": round(w.peak_rss_kib / 1024, 1),
+                "peak_rss_mib": round(monitor.peak_rss.get(w.instance, 0) / 1024, 1),
                 "exit_code": w.returncode,
             }
         )
@@ -811,6 +832,17 @@ def summarize(phases: list[dict[str, Any]], state: dict[str, Any], cores: int) -
                 else f"one worker per stage used {busy:.2f} of {cores} cores: the shortfall "
                 "is not CPU alone (see the per-stage windows)"
             )
+        if flat[2]["outputs"] != flat[1]["outputs"]:
+            out["outputs_one_vs_two_workers"] = {
+                "one": flat[1]["outputs"],
+                "two": flat[2]["outputs"],
+            }
+            out["outputs_note"] = (
+                "the same input gave different output counts with two workers per stage "
+                "(more bill versions, results and pages mean extra work in the two-worker "
+                "figure); the ingest clock holds only per worker (streams/ingest.py _tick: with "
+                "several ingest workers billing sees ticks up to the skew between them)"
+            )
     out.update(state)
     return out
 
@@ -956,6 +988,8 @@ def _echo_summary(s: dict[str, Any]) -> None:
         click.echo(f"{label:<38}{shown:>12}{target:>10}{'' if ratio is None else ratio:>8}")
     if "reason" in s:
         click.echo(f"two workers: {s['reason']}")
+    if "outputs_note" in s:
+        click.echo(f"outputs: {s['outputs_note']}: {s['outputs_one_vs_two_workers']}")
 
 
 def _counts(text: str) -> list[int]:

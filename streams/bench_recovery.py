@@ -114,11 +114,14 @@ def _produce(bootstrap: str, topic_name: str, rows: Any, first: int) -> tuple[in
               help="Distinct really encoded sessions the rows are cloned from.")  # fmt: skip
 @click.option("--bootstrap-servers", envvar="VOLTGUARD_BENCH_BOOTSTRAP", default=None,
               help="Use this broker instead of starting a fresh local one.")  # fmt: skip
+@click.option("--billing-group", default=None,
+              help="Billing consumer group (default: the standard one); another group has "
+                   "its own changelog topic, so a shared broker's state is not mixed in.")  # fmt: skip
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this JSON file.")  # fmt: skip
 def bench_recovery(
     sessions: str, samples: int, templates: int, bootstrap_servers: str | None,
-    json_out: Path | None,
+    billing_group: str | None, json_out: Path | None,
 ) -> None:  # fmt: skip
     """Seconds for a billing worker to restore N open sessions from its changelog."""
     from streams.billing import BillingLoop
@@ -132,8 +135,10 @@ def bench_recovery(
     runs = []
     with broker(bootstrap_servers, prefix="voltguard-bench-recovery-") as kafka:
         settings = Settings.from_env(
-            {}, bootstrap_servers=kafka.bootstrap, instance_id=f"bench-recovery-{os.getpid()}"
-        )
+            {}, bootstrap_servers=kafka.bootstrap, instance_id=f"bench-recovery-{os.getpid()}",
+            billing_group_id=billing_group,
+        )  # fmt: skip
+        _create_changelog(kafka.bootstrap, settings)
         written = 0
         written_bytes = 0
         for size in sizes:
@@ -222,3 +227,14 @@ def _changelog(settings: Any) -> str:
     from topics.catalog import changelog_spec
 
     return changelog_spec("billing_state", settings.billing_group_id, DEFAULT_BILLING_GROUP).name
+
+
+def _create_changelog(bootstrap: str, settings: Any) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from streams.admin import create_topics
+    from streams.settings import DEFAULT_BILLING_GROUP
+    from topics.catalog import changelog_spec
+
+    spec = changelog_spec("billing_state", settings.billing_group_id, DEFAULT_BILLING_GROUP)
+    create_topics(AdminClient({"bootstrap.servers": bootstrap}), specs={spec.name: spec})
