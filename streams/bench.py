@@ -9,13 +9,10 @@ confluent-kafka ``consume(1000)`` + ``orjson.loads`` loop over the same topic as
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import resource
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -25,11 +22,9 @@ from typing import Any
 import click
 import orjson
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
 
-from streams.admin import create_topics
+from streams.bench_common import bare_consume_parse, broker, write_json
 from streams.ingest import BatchResult, IngestLoop
-from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from topics import samples
 from topics.catalog import topic
@@ -137,15 +132,8 @@ def bench_ingest(
 ) -> None:
     """OCPP MeterValues -> canonical readings through one worker, beside the bare ceiling."""
     logging.basicConfig(level=logging.WARNING)
-    tmp = None
-    kafka = None
-    if bootstrap_servers is None:
-        tmp = Path(tempfile.mkdtemp(prefix="voltguard-bench-"))
-        kafka = LocalKafka(tmp, heap="1g", exit_with_parent=True)
-        bootstrap_servers = kafka.start(timeout_s=120)
-    try:
-        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-        create_topics(admin)
+    with broker(bootstrap_servers) as kafka:
+        bootstrap_servers = kafka.bootstrap
         click.echo(f"producing {frames:,} MeterValues frames from {stations} stations ...")
         produce_s = _produce_frames(bootstrap_servers, frames, stations)
         bare_fps, _ = _bare_ceiling(bootstrap_servers, frames)
@@ -171,47 +159,7 @@ def bench_ingest(
             f"worker / floor (10,000 frames/s)    : {worker_fps / 10_000:.2f}\n"
             f"worker CPU (share of one core)      : {cpu_share:.2f}"
         )
-        if json_out:
-            json_out.write_text(json.dumps(figures, indent=2))
-            click.echo(f"figures written to {json_out}")
-    finally:
-        if kafka is not None:
-            kafka.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _bare_topics(bootstrap: str, shorts: list[str], expect: int) -> float:
-    """Messages/s of a bare consume(1000) + orjson.loads loop over ``shorts`` (committed only)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-bare-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe([topic(s) for s in shorts])
-    seen = 0
-    first = last = None
-    loads = orjson.loads
-    idle_since = time.monotonic()
-    while seen < expect and time.monotonic() - idle_since < 5:
-        batch = consumer.consume(1000, 1.0)
-        if batch:
-            idle_since = time.monotonic()
-            if first is None:
-                first = time.perf_counter()
-        for msg in batch:
-            if msg.error() is None and msg.value():
-                loads(msg.value())
-                seen += 1
-        if batch:
-            last = time.perf_counter()
-    elapsed = (last or 0.0) - (first or 0.0)
-    consumer.close()
-    return seen / elapsed if elapsed else 0.0
+        write_json(figures, json_out)
 
 
 def _open_session_memory(sessions: int, samples_per_session: int) -> tuple[float, float]:
@@ -279,14 +227,8 @@ def bench_billing(
     from topics.simulation.config import SimulationConfig
 
     logging.basicConfig(level=logging.WARNING)
-    tmp = None
-    kafka = None
-    if bootstrap_servers is None:
-        tmp = Path(tempfile.mkdtemp(prefix="voltguard-bench-"))
-        kafka = LocalKafka(tmp, heap="1g", exit_with_parent=True)
-        bootstrap_servers = kafka.start(timeout_s=120)
-    try:
-        create_topics(AdminClient({"bootstrap.servers": bootstrap_servers}))
+    with broker(bootstrap_servers) as kafka:
+        bootstrap_servers = kafka.bootstrap
         secret = "bench-secret"
         config = SimulationConfig(seed=99, sessions=sessions, stations=stations)
         click.echo(f"simulating {sessions:,} sessions at {stations} stations to Kafka ...")
@@ -294,7 +236,9 @@ def bench_billing(
             config, hash_secret=secret.encode(), bootstrap_servers=bootstrap_servers
         )
         raw = summary.frames + summary.payments
-        frames_ceiling = _bare_topics(bootstrap_servers, ["ocpp_frames"], summary.frames)
+        frames_ceiling = bare_consume_parse(
+            bootstrap_servers, [topic("ocpp_frames")], summary.frames
+        )[0]
         settings = Settings.from_env(
             {}, bootstrap_servers=bootstrap_servers, hash_secret=secret, instance_id="bench"
         )
@@ -310,7 +254,9 @@ def bench_billing(
         ingest_loop.run(max_idle_s=15)
         ingest_s = time.perf_counter() - started
         inputs = ["session_events", "meter_readings", "payment_events"]
-        billing_ceiling = _bare_topics(bootstrap_servers, inputs, 10**12)
+        billing_ceiling = bare_consume_parse(bootstrap_servers, [topic(s) for s in inputs], 10**12)[
+            0
+        ]
 
         reference = read_reference(settings)
         state: dict[str, Any] = {"n": 0, "first": None, "last": None, "peak_open": 0,
@@ -410,14 +356,7 @@ def bench_billing(
             f"heap bytes, {figures['synthetic_10k_open_sessions_60_samples_changelog_bytes_each']:,} changelog bytes each "
             f"(target < 4,096)"
         )
-        if json_out:
-            json_out.write_text(json.dumps(figures, indent=2))
-            click.echo(f"figures written to {json_out}")
-    finally:
-        if kafka is not None:
-            kafka.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_json(figures, json_out)
 
 
 def _synthetic_features(sessions: int, stations: int, seed: int) -> list[tuple[Any, dict]]:
@@ -539,10 +478,20 @@ def bench_scoring(sessions: int, stations: int, seed: int, json_out: Path | None
         f"{figures['checkpoint_bytes_per_station']} bytes each; river's HST pickles to "
         f"{river_bytes:,}), to_bytes {dump_ms:.2f} ms, from_bytes {load_ms:.2f} ms"
     )
-    if json_out:
-        json_out.write_text(json.dumps(figures, indent=2))
-        click.echo(f"figures written to {json_out}")
+    write_json(figures, json_out)
 
+
+def _register() -> None:
+    from streams.bench_fleet import bench_fleet
+    from streams.bench_pipeline import bench_pipeline
+    from streams.bench_recovery import bench_recovery
+
+    bench.add_command(bench_pipeline)
+    bench.add_command(bench_recovery)
+    bench.add_command(bench_fleet)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     bench()

@@ -14,21 +14,17 @@ by the client, so it includes the client's own queueing). Target: >= 2,000/s, p9
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 import orjson
-from confluent_kafka.admin import AdminClient
 
-from streams.admin import create_topics
-from streams.localkafka import LocalKafka, find_free_port
+from streams.bench_common import broker, percentile, write_json
+from streams.localkafka import find_free_port
 from topics.adapters.signatures import stripe_signature_header
 
 SECRET = "whsec_bench"
@@ -106,13 +102,6 @@ async def _load(
     return elapsed, latencies, statuses
 
 
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return sorted_values[index] * 1000
-
-
 async def _wait_ready(url: str, timeout_s: float = 30.0) -> None:
     import aiohttp
 
@@ -152,73 +141,75 @@ def main(
     json_out: Path | None,
 ) -> None:
     """Verified Stripe webhooks/s and latency of one ingress process, load from another."""
-    tmp = None
-    kafka = None
-    ingress = None
-    if bootstrap_servers is None:
-        tmp = Path(tempfile.mkdtemp(prefix="voltguard-bench-ingress-"))
-        kafka = LocalKafka(tmp, heap="1g", exit_with_parent=True)
-        bootstrap_servers = kafka.start(timeout_s=120)
-    try:
-        create_topics(AdminClient({"bootstrap.servers": bootstrap_servers}))
-        port = find_free_port()
-        env = {
-            **os.environ,
-            "VOLTGUARD_HASH_SECRET": "bench-hash-secret",
-            "VOLTGUARD_STRIPE_WEBHOOK_SECRETS": SECRET,
-            "VOLTGUARD_INGRESS_DEDUPE_IDS": str(count + warmup + 10),
-        }
-        ingress = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "ingress", "--port", str(port),
-             "--addr", "127.0.0.1", "--bootstrap-servers", bootstrap_servers],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(_wait_ready(base + "/healthz"))
-        run = os.urandom(4).hex()
-        bodies = _bodies(warmup + count, run)
-        asyncio.run(_load(base + "/webhooks/stripe", bodies[:warmup], concurrency, max_seconds))
-        elapsed, latencies, statuses = asyncio.run(
-            _load(base + "/webhooks/stripe", bodies[warmup:], concurrency, max_seconds)
-        )
-        ok = statuses.get(200, 0)
-        latencies.sort()
-        figures = {
-            "requests": len(latencies),
-            "accepted_200": ok,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "concurrency": concurrency,
-            "seconds": round(elapsed, 2),
-            "verified_webhooks_per_s": round(ok / elapsed),
-            "p50_ms": round(_pct(latencies, 0.50), 2),
-            "p95_ms": round(_pct(latencies, 0.95), 2),
-            "p99_ms": round(_pct(latencies, 0.99), 2),
-            "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
-            "target_per_s": TARGET_PER_S,
-            "target_p99_ms": TARGET_P99_MS,
-            "cores": os.cpu_count(),
-        }
-        click.echo(
-            f"verified webhooks/s : {figures['verified_webhooks_per_s']:>8,} "
-            f"(target {TARGET_PER_S:,}; {ok:,} x 200 of {len(latencies):,} in {elapsed:.1f} s, "
-            f"{concurrency} connections)\n"
-            f"latency p50/p95/p99 : {figures['p50_ms']} / {figures['p95_ms']} / "
-            f"{figures['p99_ms']} ms (target p99 < {TARGET_P99_MS:g} ms), max {figures['max_ms']} ms"
-        )
-        if json_out:
-            json_out.write_text(json.dumps(figures, indent=2))
-            click.echo(f"figures written to {json_out}")
-    finally:
-        if ingress is not None:
-            ingress.terminate()
-            try:
-                ingress.wait(20)
-            except subprocess.TimeoutExpired:
-                ingress.kill()
-        if kafka is not None:
-            kafka.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    started: list[subprocess.Popen[bytes]] = []
+    with broker(bootstrap_servers, prefix="voltguard-bench-ingress-") as kafka:
+        try:
+            _measure(kafka.bootstrap, count, concurrency, warmup, max_seconds, json_out, started)
+        finally:
+            for ingress in started:
+                ingress.terminate()
+                try:
+                    ingress.wait(20)
+                except subprocess.TimeoutExpired:
+                    ingress.kill()
+
+
+def _measure(
+    bootstrap_servers: str,
+    count: int,
+    concurrency: int,
+    warmup: int,
+    max_seconds: float,
+    json_out: Path | None,
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    """Start the ingress process (appended to ``started``), load it, print and write."""
+    port = find_free_port()
+    env = {
+        **os.environ,
+        "VOLTGUARD_HASH_SECRET": "bench-hash-secret",
+        "VOLTGUARD_STRIPE_WEBHOOK_SECRETS": SECRET,
+        "VOLTGUARD_INGRESS_DEDUPE_IDS": str(count + warmup + 10),
+    }
+    ingress = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "ingress", "--port", str(port),
+         "--addr", "127.0.0.1", "--bootstrap-servers", bootstrap_servers],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    started.append(ingress)
+    base = f"http://127.0.0.1:{port}"
+    asyncio.run(_wait_ready(base + "/healthz"))
+    run = os.urandom(4).hex()
+    bodies = _bodies(warmup + count, run)
+    asyncio.run(_load(base + "/webhooks/stripe", bodies[:warmup], concurrency, max_seconds))
+    elapsed, latencies, statuses = asyncio.run(
+        _load(base + "/webhooks/stripe", bodies[warmup:], concurrency, max_seconds)
+    )
+    ok = statuses.get(200, 0)
+    latencies.sort()
+    figures = {
+        "requests": len(latencies),
+        "accepted_200": ok,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "verified_webhooks_per_s": round(ok / elapsed),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "p95_ms": round(percentile(latencies, 0.95) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+        "target_per_s": TARGET_PER_S,
+        "target_p99_ms": TARGET_P99_MS,
+        "cores": os.cpu_count(),
+    }
+    click.echo(
+        f"verified webhooks/s : {figures['verified_webhooks_per_s']:>8,} "
+        f"(target {TARGET_PER_S:,}; {ok:,} x 200 of {len(latencies):,} in {elapsed:.1f} s, "
+        f"{concurrency} connections)\n"
+        f"latency p50/p95/p99 : {figures['p50_ms']} / {figures['p95_ms']} / "
+        f"{figures['p99_ms']} ms (target p99 < {TARGET_P99_MS:g} ms), max {figures['max_ms']} ms"
+    )
+    write_json(figures, json_out)
 
 
 if __name__ == "__main__":  # pragma: no cover
