@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint format bench bench-ingest bench-ingress bench-billing bench-scoring bench-simulate kafka-up kafka-down clean backtest-real
+.PHONY: setup demo test test-unit lint format bench bench-recovery bench-ingest bench-ingress bench-billing bench-scoring bench-simulate kafka-up kafka-down clean backtest-real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: every broker benchmark (ingest, then billing); figures in bench-*.json
-bench: bench-ingest bench-billing
+## bench: the whole pipeline (ingest, billing, detection, router -> local receiver) as worker processes, 1 then 2 per stage, flat out and paced; figures in bench-pipeline.json
+bench: setup
+	$(BIN)/python -m streams.bench pipeline --json-out bench-pipeline.json
+
+## bench-recovery: changelog restore time per open session (billing), fitted to a million
+bench-recovery: setup
+	$(BIN)/python -m streams.bench recovery --json-out bench-recovery.json
 
 ## bench-billing: simulator traffic -> ingest -> billing/reconciliation, one worker, vs the bare ceilings
 bench-billing: setup
