@@ -84,7 +84,6 @@ STALL_S = 60.0
 """A group behind and not moving this long has a stuck worker (see wait_caught_up)."""
 KAFKA_EXIT = "KafkaError{code=_TIMED_OUT"
 """How a worker that exits on a timed-out transactional call (its deadline or librdkafka's) logs it."""
-"""What a worker's log says when the loop's deadline ended a blocked librdkafka call."""
 POISON = b"poison:"
 """Key prefix of the poison messages (so that readers of the output topics can skip the
 poison put on the router's inputs, which are detection's and billing's outputs)."""
