@@ -81,16 +81,7 @@ def create_topics(
     """
     specs = specs if specs is not None else CATALOG
     states = describe_topics(admin, specs.items(), timeout_s=timeout_s)
-    wrong = [s for s in states if s.partitions is not None and s.partitions != s.wanted_partitions]
-    if wrong:
-        lines = ", ".join(
-            f"{s.name} has {s.partitions} partitions, the catalog wants {s.wanted_partitions}"
-            for s in wrong
-        )
-        raise TopicMismatch(
-            f"refusing to use mis-partitioned topics: {lines}. Co-partitioned tables would "
-            "mis-join sessions; recreate these topics (or migrate them) with the catalog's count."
-        )
+    _refuse_mispartitioned(states)
     missing = [s for s in states if s.partitions is None]
     if not missing:
         return states
@@ -113,6 +104,19 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     log.info("created %d topics", len(created))
+    existed = {s.short for s in missing if s.name not in created}
+    if existed:
+        # Created meanwhile, or not yet in the metadata we described (another `topics
+        # create`, or a topic made just before): check those partition counts too.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            again = describe_topics(
+                admin, [(k, specs[k]) for k in sorted(existed)], timeout_s=timeout_s
+            )
+            if all(s.partitions is not None for s in again) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        _refuse_mispartitioned(again)
     _wait_for_leaders(admin, [s.name for s in missing], timeout_s=timeout_s)
     return [
         TopicState(s.short, s.name, s.wanted_partitions, s.wanted_partitions, created=True)
@@ -120,3 +124,16 @@ def create_topics(
         else s
         for s in states
     ]
+
+
+def _refuse_mispartitioned(states: list[TopicState]) -> None:
+    wrong = [s for s in states if s.partitions is not None and s.partitions != s.wanted_partitions]
+    if wrong:
+        lines = ", ".join(
+            f"{s.name} has {s.partitions} partitions, the catalog wants {s.wanted_partitions}"
+            for s in wrong
+        )
+        raise TopicMismatch(
+            f"refusing to use mis-partitioned topics: {lines}. Co-partitioned tables would "
+            "mis-join sessions; recreate these topics (or migrate them) with the catalog's count."
+        )
