@@ -56,6 +56,9 @@ __all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output", "dead_lett
 log = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
+_IDLE_TICK_MS = 1000
+"""Fewest milliseconds (wall clock) between two ticks that only tell which partitions are
+read to their end; a paced stream flips them at every batch."""
 
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
@@ -94,6 +97,7 @@ class IngestProcessor:
         self.assigned: set[tuple[str, int]] = set()
         """Input partitions assigned to this worker (empty without a consumer, as in replay)."""
         self._idle_sent: list[str] = []
+        self._idle_tick_ms = -_IDLE_TICK_MS
         self._current: tuple[str, int] = ("", 0)
         self._now_ms = 0
         self._future = 0
@@ -176,7 +180,9 @@ class IngestProcessor:
         covers, idle = self._vouched()
         seen = self.clock_now()
         if seen < 0:
-            if covers is None or covers or not idle or idle == self._idle_sent:
+            # Nothing read yet; once every partition of this worker is read to its end (it
+            # holds nothing), say so once, without a time.
+            if covers is None or idle != covers or idle == self._idle_sent:
                 return
             self._idle_sent = idle
             self._send_tick(result, ClockTick(
@@ -186,11 +192,20 @@ class IngestProcessor:
             return
         minute = seen - seen % 60_000
         if minute <= self.clock_ms:
-            return
+            # The minute did not move, but which partitions are at their end may have: a
+            # reader combining several workers needs that (a worker at its end no longer
+            # holds the clock back). Never a time older than one already sent.
+            wall_ms = to_ms(now)
+            if covers is None or idle == self._idle_sent:
+                return
+            if wall_ms - self._idle_tick_ms < _IDLE_TICK_MS:
+                return
+            self._idle_tick_ms = wall_ms
+            minute = self.clock_ms
         self.clock_ms = minute
         self._idle_sent = idle
         self._send_tick(result, ClockTick(
-            event_id=stable_id("clock", minute, *(covers or ())),
+            event_id=stable_id("clock", minute, *(covers or ()), "idle", *idle),
             event_time=from_ms(minute),
             source=self.stage,
             covers=covers,
@@ -199,14 +214,20 @@ class IngestProcessor:
         ))  # fmt: skip
 
     def _vouched(self) -> tuple[list[str] | None, list[str]]:
-        """(input partitions a tick vouches for, idle ones); None without an assignment."""
+        """(input partitions a tick vouches for, those of them read to their end).
+
+        A tick vouches for every assigned partition (one is only sent when each has been
+        read from or read to its end); the ones read to their end do not hold a reader's
+        clock back, as they do not hold :meth:`clock_now` back. None without an assignment.
+        """
         if not self.assigned:
             return None, []
         covers, idle = [], []
         for tp in sorted(self.assigned):
             name = f"{self._topics.get(tp[0], tp[0])}/{tp[1]}"
-            empty = tp in self.caught_up and tp not in self.seen_ms
-            (idle if empty else covers).append(name)
+            covers.append(name)
+            if tp in self.caught_up:
+                idle.append(name)
         return covers, idle
 
     def _send_tick(self, result: BatchResult, tick: ClockTick) -> None:

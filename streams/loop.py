@@ -143,7 +143,20 @@ class TransactionalLoop:
 
     # ---------------------------------------------------------------- partitions
 
+    def _partitions(self, partitions: list[TopicPartition]) -> str:
+        """``"meter_readings 0-2,5; session_events 0-2,5"``: a rebalance in one log line."""
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(self._name(tp.topic), []).append(tp.partition)
+        return (
+            "; ".join(
+                f"{name} {_ranges(sorted(numbers))}" for name, numbers in sorted(by_topic.items())
+            )
+            or "nothing"
+        )
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("%s: assigned %s", self.stage.name, self._partitions(partitions))
         if hasattr(self.stage, "assigned"):
             self.stage.assigned([(tp.topic, tp.partition) for tp in partitions])
         source = self.stage.changelog_source
@@ -159,6 +172,7 @@ class TransactionalLoop:
         self._assigned_at = time.monotonic()  # after the restore: its time is not idle time
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("%s: revoked %s", self.stage.name, self._partitions(partitions))
         for tp in partitions:
             labels = (self.stage.name, self._name(tp.topic), str(tp.partition))
             with contextlib.suppress(KeyError):
@@ -231,6 +245,7 @@ class TransactionalLoop:
             STAGE_INPUT.labels(stage=self.stage.name, topic=self._name(name))
         last_input = time.monotonic()
         self._assigned_at: float | None = None
+        self._ticked_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 messages = self.consumer.consume(
@@ -247,6 +262,16 @@ class TransactionalLoop:
                     # transaction.
                     self.stage.caught_up(ends)
                     self._transact([])
+                    self._ticked_at = time.monotonic()
+                elif (
+                    not batch
+                    and hasattr(self.stage, "caught_up")
+                    and time.monotonic() - self._ticked_at >= _IDLE_TICK_S
+                ):
+                    # Quiet: let the stage send what it held back (the ingest rate-limits
+                    # ticks that only say which partitions are at their end).
+                    self._transact([])
+                    self._ticked_at = time.monotonic()
                 if time.monotonic() - self._sampled_at >= _SAMPLE_S:
                     self._sample()
                 if not batch:
@@ -365,6 +390,21 @@ class TransactionalLoop:
             STAGE_OUTPUT.labels(stage=stage, topic=self._name(t)).inc(n)
 
 
+def _ranges(numbers: list[int]) -> str:
+    """Sorted partition numbers as ranges.
+
+    >>> _ranges([0, 1, 2, 5, 7, 8])
+    '0-2,5,7-8'
+    """
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _within(deadline_s: float, call: Callable[..., Any], *args: Any) -> Any:
     """``call(*args)`` in a thread; KafkaException(_TIMED_OUT) if it has not returned after
     ``deadline_s``.
@@ -422,6 +462,8 @@ _OFFSETS_DEADLINE_S = 45.0
 """Longest wait for send_offsets_to_transaction (its own timeout is 30 s), see _within."""
 _SAMPLE_S = 5.0
 """Seconds between samples of the consumer lag and the stage's event times."""
+_IDLE_TICK_S = 1.0
+"""Seconds without input after which the ingest may send a tick it held back."""
 
 _RESTORE_IDLE_S = 30.0
 """Seconds without a record or an end-of-partition event before a restore gives up."""

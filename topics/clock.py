@@ -6,8 +6,11 @@ up to this minute is before me in this partition". With several, each worker onl
 the input partitions it reads, so a tick names them (``covers``) and says how many input
 partitions there are in all (``inputs``); a reader takes, per output partition, the oldest
 latest time over every input partition, and knows nothing until each has been vouched for.
-A worker whose input partitions are all read to their end and hold nothing sends them as
-``idle``: they do not hold the clock back until a later tick covers them again.
+Partitions a worker has read to their end are also sent as ``idle``: they do not hold the
+clock back (as they do not hold a single worker's back) until a later tick covers them
+without saying so. When every input partition is idle the time is the latest any worker
+vouched for, as one worker reading everything would say. A worker that has read nothing
+and whose partitions are all at their end sends them as idle without covering them.
 
 When input partitions move to another worker (a rebalance), the new owner's ticks cover
 them; the old owner's last word about them stays true (what it committed was written before
@@ -58,12 +61,13 @@ class InputClock:
         at = to_ms(tick.event_time)
         if tick.inputs is None:
             return at
-        for name in tick.idle:
-            self.idle.add(name)
+        idle = set(tick.idle)
         for name in tick.covers or ():
-            self.idle.discard(name)
+            if name not in idle:
+                self.idle.discard(name)
             if at > self.latest.get(name, -1):
                 self.latest[name] = at
+        self.idle |= idle
         if len(self.idle | self.latest.keys()) < tick.inputs:
             return None
         busy = [ms for name, ms in self.latest.items() if name not in self.idle]

@@ -411,7 +411,8 @@ class ClockTick(Event, kw_only=True, frozen=True):
     """Input partitions (``short_topic/partition``) whose input up to ``event_time`` was
     written before this tick; None: the sender's whole input (one writer)."""
     idle: list[str] = []
-    """Input partitions read to their end, holding nothing: they do not hold the clock back."""
+    """Input partitions read to their end (a subset of ``covers``, or alone when the sender
+    has read nothing): they do not hold the clock back."""
     inputs: int | None = None
     """How many input partitions there are in all (None: one writer vouches for all)."""
 

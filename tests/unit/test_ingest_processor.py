@@ -260,3 +260,52 @@ def test_a_worker_with_only_empty_partitions_says_so_once() -> None:
         first, covers=[f"x/{i}" for i in range(first.inputs - 2)], idle=[]
     )
     assert clock.observe(other) == int(other.event_time.timestamp() * 1000)
+
+
+def test_two_ingest_workers_give_the_clock_one_worker_would() -> None:
+    """Busy partitions: the slowest holds the clock; all read to their end: the latest time
+    read anywhere. The same for one worker reading everything and two splitting it (before,
+    two workers at their end gave the older of their two times)."""
+    from streams.ingest import INPUT_TOPICS
+    from topics.clock import InputClock
+
+    inputs = [(topic(t), p) for t in INPUT_TOPICS for p in range(SESSION_PARTITIONS)]
+    busy = [(FRAMES, 0), (FRAMES, 1)]
+
+    def heartbeat(partition: int, at: str, offset: int) -> tuple[str, int, int, bytes, bytes]:
+        envelope = {"station_id": f"CP-{partition}", "received_at": at, "protocol": "ocpp1.6",
+                    "frame": [2, f"hb{offset}", "Heartbeat", {}]}  # fmt: skip
+        return (FRAMES, partition, offset, f"CP-{partition}".encode(), orjson.dumps(envelope))
+
+    messages = {
+        0: heartbeat(0, "2024-03-01T11:05:00Z", 0),
+        1: heartbeat(1, "2024-03-01T11:40:00Z", 0),
+    }
+
+    def clock_of(workers: list[tuple[IngestProcessor, list[tuple[str, int]]]]) -> list[int | None]:
+        clock = InputClock()
+        seen: list[int | None] = []
+        results: list[list[BatchResult]] = [[] for _ in workers]
+        for i, (w, mine) in enumerate(workers):
+            w.assign(mine)
+            w.mark_caught_up([tp for tp in mine if tp not in busy])
+            results[i].append(w.process([messages[p] for t, p in busy if (t, p) in mine], now=NOW))
+        for worker_results in results:
+            for *_, v in [t for r in worker_results for t in _ticks(r, "session_events", 0)]:
+                now_ms = clock.observe(decode(v, ClockTick))
+        seen.append(now_ms)
+        for w, mine in workers:
+            w.mark_caught_up(mine)
+            for *_, v in _ticks(w.tick(NOW), "session_events", 0):
+                now_ms = clock.observe(decode(v, ClockTick))
+        seen.append(now_ms)
+        return seen
+
+    one = clock_of([(IngestProcessor(hash_secret=b"k"), inputs)])
+    two = clock_of([(IngestProcessor(hash_secret=b"k"), inputs[::2]),
+                    (IngestProcessor(hash_secret=b"k"), inputs[1::2])])  # fmt: skip
+    assert (FRAMES, 0) in inputs[::2] and (FRAMES, 1) in inputs[1::2]
+    assert one == two
+    busy_ms, ended_ms = one
+    assert busy_ms is not None and ended_ms is not None and busy_ms < ended_ms
+    assert (ended_ms - busy_ms) // 60_000 == 35  # 11:05 while both read, 11:40 at their end
