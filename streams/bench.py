@@ -165,32 +165,13 @@ def bench_ingest(
 def _open_session_memory(sessions: int, samples_per_session: int) -> tuple[float, float]:
     """Python heap and changelog bytes per open session (synthetic sessions, 1 sample/min)."""
     import tracemalloc
-    from datetime import UTC, datetime, timedelta
 
     from billing.engine import BillingEngine, encoded_size
-    from topics.identity import hash_identifier
-    from topics.records import MeterReading, SessionEvent
+    from streams.bench_common import open_session_events
+    from topics.records import SessionEvent
 
-    t0 = datetime(2024, 5, 6, 8, tzinfo=UTC)
     engine = BillingEngine()
-    events = []
-    for n in range(sessions):
-        sid = f"{n:08x}-5f0c-4e1a-9b7d-{n:012x}"
-        station = f"VG-{n % 5000:05d}"
-        events.append(
-            SessionEvent(event_id=f"s{n}", event_time=t0, source="ocpp1.6", session_id=sid,
-                         station_id=station, evse_id=1, connector_id=1, transaction_id=str(n),
-                         kind="started", meter_start_wh=1_000_000 + n, token_type="ISO14443",
-                         token_hash=hash_identifier(f"tag{n}", b"k"), auth_status="Accepted")
-        )  # fmt: skip
-        for k in range(1, samples_per_session):
-            events.append(
-                MeterReading(event_id=f"r{n}-{k}", event_time=t0 + timedelta(minutes=k),
-                             source="ocpp1.6", session_id=sid, station_id=station, evse_id=1,
-                             connector_id=1, transaction_id=str(n),
-                             energy_wh=1_000_000 + n + 180 * k, power_w=11_000.0 + k,
-                             current_a=16.0, voltage_v=230.0)
-            )  # fmt: skip
+    events = list(open_session_events(sessions, samples_per_session))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for ev in events:

@@ -25,44 +25,25 @@ from typing import Any
 
 import click
 
-from streams.bench_common import broker, load_average, write_json
+from streams.bench_common import broker, load_average, open_session_events, write_json
+from streams.bench_common import synthetic_session_id as _session_id
 from topics.catalog import SESSION_PARTITIONS
 
 __all__ = ["bench_recovery", "clone", "linear_fit", "open_session_changelog"]
 
 
-def _session_id(n: int) -> str:
-    return f"{n:08x}-5f0c-4e1a-9b7d-{n:012x}"
-
-
 def open_session_changelog(sessions: int, samples: int) -> list[tuple[bytes, bytes]]:
     """Changelog rows ``(key, value)`` of ``sessions`` open sessions, as a billing engine
     writes them (one started event and ``samples - 1`` one-minute readings each)."""
-    from datetime import UTC, datetime, timedelta
-
     from billing.engine import WATERMARK_KEY, BillingEngine
-    from topics.identity import hash_identifier
-    from topics.records import MeterReading, SessionEvent
+    from topics.records import SessionEvent
 
-    t0 = datetime(2024, 5, 6, 8, tzinfo=UTC)
     engine = BillingEngine()
-    for n in range(sessions):
-        sid = _session_id(n)
-        station = f"VG-{n % 5000:05d}"
-        engine.on_session_event(
-            SessionEvent(event_id=f"s{n}", event_time=t0, source="ocpp1.6", session_id=sid,
-                         station_id=station, evse_id=1, connector_id=1, transaction_id=str(n),
-                         kind="started", meter_start_wh=1_000_000 + n, token_type="ISO14443",
-                         token_hash=hash_identifier(f"tag{n}", b"k"), auth_status="Accepted")
-        )  # fmt: skip
-        for k in range(1, samples):
-            engine.on_reading(
-                MeterReading(event_id=f"r{n}-{k}", event_time=t0 + timedelta(minutes=k),
-                             source="ocpp1.6", session_id=sid, station_id=station, evse_id=1,
-                             connector_id=1, transaction_id=str(n),
-                             energy_wh=1_000_000 + n + 180 * k, power_w=11_000.0 + k,
-                             current_a=16.0, voltage_v=230.0)
-            )  # fmt: skip
+    for event in open_session_events(sessions, samples):
+        if isinstance(event, SessionEvent):
+            engine.on_session_event(event)
+        else:
+            engine.on_reading(event)
     rows = [(k.encode(), v) for k, v in engine.take_changes() if k != WATERMARK_KEY and v]
     return rows
 
