@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 import click
 from aiohttp import web
@@ -19,6 +18,7 @@ from aiohttp import web
 from streams.api import KafkaLabelWriter, make_app
 from streams.api_follower import ViewFollower
 from streams.api_store import ViewStore
+from streams.commands import until_signal
 from streams.ingress import KafkaDelivery
 from streams.settings import ConfigError, Settings
 from topics.operator_view import Health
@@ -132,17 +132,7 @@ def api(addr: str | None, port: int | None, db: str | None, bootstrap_servers: s
         raise click.UsageError(str(exc)) from None
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(_until_signal(settings))
+            asyncio.run(until_signal(serve(settings)))
         except RuntimeError as exc:
             log.error("%s", exc)
             raise SystemExit(1) from None
-
-
-async def _until_signal(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, flush the producer and return."""
-    task = asyncio.create_task(serve(settings))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

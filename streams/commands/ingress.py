@@ -12,11 +12,11 @@ import asyncio
 import binascii
 import contextlib
 import logging
-import signal
 
 import click
 from aiohttp import web
 
+from streams.commands import until_signal
 from streams.ingress import IngressConfig, KafkaDelivery, make_app
 from streams.metrics import serve_metrics
 from streams.settings import ConfigError, Settings
@@ -93,14 +93,4 @@ def ingress(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve_metrics(settings.metrics_port, settings.metrics_addr)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_until_signal(settings))
-
-
-async def _until_signal(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, flush the producer and return."""
-    task = asyncio.create_task(serve(settings))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        asyncio.run(until_signal(serve(settings)))
