@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -635,6 +636,7 @@ def run_phase(
     for short, _, _ in collector.records:
         counts[short] = counts.get(short, 0) + 1
     counts["pages"] = len(receiver.pages)
+    digests = output_digests(collector.records, receiver.pages)
     figures: dict[str, Any] = {
         "name": name,
         "workers_per_stage": workers,
@@ -659,6 +661,7 @@ def run_phase(
         if window == window
         else None,
         "outputs": counts,
+        "output_digests": digests,
         "restore_after_run": restores,
         "load_average_before": load_before,
         "load_average_after": load_average(),
@@ -832,19 +835,52 @@ def summarize(phases: list[dict[str, Any]], state: dict[str, Any], cores: int) -
                 else f"one worker per stage used {busy:.2f} of {cores} cores: the shortfall "
                 "is not CPU alone (see the per-stage windows)"
             )
-        if flat[2]["outputs"] != flat[1]["outputs"]:
+        same = flat[2].get("output_digests") == flat[1].get("output_digests")
+        out["outputs_identical_one_vs_two_workers"] = same
+        if not same:
             out["outputs_one_vs_two_workers"] = {
                 "one": flat[1]["outputs"],
                 "two": flat[2]["outputs"],
-            }
+                "differing": sorted(
+                    k for k, v in flat[1].get("output_digests", {}).items()
+                    if flat[2].get("output_digests", {}).get(k) != v
+                ),
+            }  # fmt: skip
             out["outputs_note"] = (
-                "the same input gave different output counts with two workers per stage "
-                "(more bill versions, results and pages mean extra work in the two-worker "
-                "figure); the ingest clock holds only per worker (streams/ingest.py _tick: with "
-                "several ingest workers billing sees ticks up to the skew between them)"
+                "the same input gave different outputs with two workers per stage (every "
+                "published version's event id, and every page's dedup key and action, are "
+                "compared): the two-worker figure did other work, and a difference is a bug"
             )
     out.update(state)
     return out
+
+
+def output_digests(
+    records: list[tuple[str, bytes, float]], pages: list[tuple[float, str, str]]
+) -> dict[str, str]:
+    """Per output topic, a digest of the event ids of every version published (with how
+    many), and of the pages' (dedup key, action): equal digests mean the same outputs,
+    whatever order they came in. The event ids hash the records' content (bill lines,
+    verdicts, alert evidence), not when they were published.
+
+    >>> a = [("session_bills", b'{"event_id":"b1"}', 1.0), ("session_bills", b'{"event_id":"b2"}', 2.0)]
+    >>> output_digests(a, []) == output_digests(a[::-1], [])
+    True
+    >>> output_digests(a, [])["session_bills"] != output_digests(a[:1], [])["session_bills"]
+    True
+    """
+    ids: dict[str, list[str]] = {}
+    for short, value, _ in records:
+        try:
+            event_id = str(orjson.loads(value).get("event_id"))
+        except (orjson.JSONDecodeError, AttributeError):
+            event_id = "undecodable:" + hashlib.sha256(value).hexdigest()
+        ids.setdefault(short, []).append(event_id)
+    ids["pages"] = [f"{key}|{action}" for _, key, action in pages]
+    return {
+        short: f"{len(found)}:" + hashlib.sha256("\n".join(sorted(found)).encode()).hexdigest()[:16]
+        for short, found in sorted(ids.items())
+    }
 
 
 def state_per_open_session() -> dict[str, Any]:
@@ -990,6 +1026,8 @@ def _echo_summary(s: dict[str, Any]) -> None:
         click.echo(f"two workers: {s['reason']}")
     if "outputs_note" in s:
         click.echo(f"outputs: {s['outputs_note']}: {s['outputs_one_vs_two_workers']}")
+    elif s.get("outputs_identical_one_vs_two_workers"):
+        click.echo("outputs: one and two workers per stage published the same versions and pages")
 
 
 def _counts(text: str) -> list[int]:

@@ -131,6 +131,7 @@ def _phase(workers: int, mode: str, per_s: int, cpu: float, outputs: dict) -> di
         "broker_cpu_share_of_one_core": 0.5,
         "bench_process_cpu_share_of_one_core": 0.02,
         "outputs": outputs,
+        "output_digests": {k: f"{v}:digest" for k, v in outputs.items()},
         "achieved_rate_events_per_s": 2001,
         "latency": {k: summarize_ms([0.2, 0.3, 0.9]) for k in ("pages", "alerts", "all_outputs")},
     }
@@ -151,8 +152,18 @@ def test_summary_gives_ratios_and_the_reason_when_two_workers_fall_short() -> No
     assert "1.72 of 2 cores" in s["reason"]
     assert s["p99_pages_ms"] == pytest.approx(888.0) and s["p99_pages_vs_target_1000ms"] == 0.888
     assert s["outputs_one_vs_two_workers"]["two"] == {"session_bills": 40}
+    assert s["outputs_one_vs_two_workers"]["differing"] == ["session_bills"]
+    assert s["outputs_identical_one_vs_two_workers"] is False
     assert s["state_bytes_per_open_session_changelog"] == 1600
     json.dumps(s)  # the JSON file takes it as it is
+
+
+def test_summary_says_when_both_worker_counts_published_the_same() -> None:
+    one = _phase(1, "flat_out", 20_000, 0.3, {"session_bills": 10})
+    phases = [one, {**one, "workers_per_stage": 2}, _phase(1, "paced", 2_000, 0.1, {})]
+    s = summarize(phases, {}, cores=2)
+    assert s["outputs_identical_one_vs_two_workers"] is True
+    assert "outputs_one_vs_two_workers" not in s and "outputs_note" not in s
 
 
 # --------------------------------------------------------------------------- recovery, fleet
