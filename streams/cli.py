@@ -179,6 +179,7 @@ def worker(
     periods are the VOLTGUARD_*_GRACE_S variables. Both stop cleanly on SIGTERM or Ctrl-C
     after committing their current batch.
     """
+    from streams.loop import ConnectError
     from streams.metrics import serve_metrics
 
     settings = _settings(bootstrap_servers, instance_id=instance_id, metrics_port=metrics_port)
@@ -225,6 +226,9 @@ def worker(
     log.info("%s worker %s on %s", stage, settings.instance_id, settings.kafka.bootstrap_servers)
     try:
         loop.run(max_idle_s=exit_when_idle)
+    except ConnectError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     finally:
         if follower is not None:
             follower.stop()

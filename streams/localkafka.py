@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +445,10 @@ class LocalKafka:
         On Linux, have the kernel SIGTERM the broker when the process (strictly: the
         thread) that started it dies, so that a killed test run leaves no JVM behind.
         Off for the CLI, whose broker outlives the command.
+    extra_config : Mapping[str, str], optional
+        Broker properties appended after the template's, so they override it (the tests
+        add TLS and SASL listeners this way). The PLAINTEXT listener on ``port`` must stay:
+        readiness is probed on it.
 
     Examples
     --------
@@ -466,6 +470,7 @@ class LocalKafka:
         heap: str = "512m",
         cache_dir: Path | None = None,
         exit_with_parent: bool = False,
+        extra_config: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
         self.data_dir = self.data_dir.resolve()
@@ -476,6 +481,7 @@ class LocalKafka:
         self.heap = heap
         self.cache_dir = cache_dir
         self.exit_with_parent = exit_with_parent
+        self.extra_config = dict(extra_config or {})
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0  # where this run's part of server.log starts
@@ -805,6 +811,9 @@ class LocalKafka:
             controller_port=self.controller_port,
             log_dirs=self.storage_dir,
         )
+        if self.extra_config:
+            extra = "".join(f"{key}={value}\n" for key, value in self.extra_config.items())
+            rendered += "\n# extra_config (LocalKafka argument); later keys win\n" + extra
         self.config_path.write_text(rendered)
 
     def _jvm_options(self, libs: Path) -> list[str]:

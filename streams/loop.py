@@ -39,9 +39,20 @@ from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, EVENT_TIME, STAGE_INPUT
 from streams.settings import Settings
 from topics.catalog import CATALOG
 
-__all__ = ["Output", "Stage", "TransactionalLoop", "watermarks"]
+__all__ = ["ConnectError", "Output", "Stage", "TransactionalLoop", "watermarks"]
 
 log = logging.getLogger(__name__)
+
+
+class ConnectError(RuntimeError):
+    """The worker could not start its Kafka transactions; the message says what the
+    cluster or the client reported (refused credentials, a certificate not trusted)."""
+
+
+_CONNECT_ERRORS = frozenset(
+    {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+     KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -104,7 +115,8 @@ class TransactionalLoop:
         self.group_id = group_id
         self.on_batch = on_batch
         self._stop = threading.Event()
-        base = settings.kafka.client_config()
+        base = {**settings.kafka.client_config(), "error_cb": self._client_error}
+        self._connect_error: str | None = None
         self.consumer = Consumer(
             {
                 **base,
@@ -129,9 +141,34 @@ class TransactionalLoop:
                 "compression.type": "lz4",
             }
         )
-        self._restore_base = base
+        self._restore_base = {k: v for k, v in base.items() if k != "error_cb"}
         self._sampled_at = 0.0
         self._short = {spec.name: short for short, spec in CATALOG.items()}
+
+    def _client_error(self, err: KafkaError) -> None:
+        """librdkafka's error events (served by poll): the last connection error is kept
+        for the message of a failed start; librdkafka retries all of them itself."""
+        if err.code() in _CONNECT_ERRORS:
+            self._connect_error = err.str()
+        log.debug("%s: Kafka client error: %s", self.stage.name, err)
+
+    def _init_transactions(self) -> None:
+        try:
+            self.producer.init_transactions(30)
+        except KafkaException as exc:
+            self.producer.poll(0)  # serve the queued error events: the cause, if any
+            kafka = self.settings.kafka
+            cause = (
+                f"; the last connection error: {self._connect_error}"
+                if (self._connect_error)
+                else ""
+            )
+            raise ConnectError(
+                f"{self.stage.name}: could not start Kafka transactions on "
+                f"{kafka.bootstrap_servers} ({kafka.security_protocol}"
+                f"{', ' + kafka.sasl_mechanism if kafka.sasl_mechanism else ''}): "
+                f"{exc.args[0].str() if exc.args else exc}{cause}"
+            ) from exc
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -234,7 +271,7 @@ class TransactionalLoop:
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until :meth:`stop` (or ``max_idle_s`` without input, for tools and tests)."""
         self._ensure_internal_topics()
-        self.producer.init_transactions(30)
+        self._init_transactions()
         self.consumer.subscribe(
             list(self.stage.input_topics),
             on_assign=self._on_assign,

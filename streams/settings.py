@@ -61,7 +61,9 @@ class KafkaSettings:
     """Connection to Kafka; rendered to librdkafka keys by :meth:`client_config`.
 
     Managed clusters: set ``security_protocol`` (``SSL``/``SASL_SSL``), ``sasl_mechanism``,
-    ``sasl_username``/``sasl_password`` and ``ssl_ca_location``.
+    ``sasl_username``/``sasl_password`` and ``ssl_ca_location``; clusters that authenticate
+    clients by certificate take ``ssl_certificate_location``/``ssl_key_location`` instead
+    of SASL. docs/operations.md has the combinations tested against a broker.
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -75,7 +77,15 @@ class KafkaSettings:
     sasl_password: Secret | None = None
     """Env: VOLTGUARD_KAFKA_SASL_PASSWORD."""
     ssl_ca_location: str | None = None
-    """CA bundle path for SSL. Env: VOLTGUARD_KAFKA_SSL_CA_LOCATION."""
+    """CA bundle (PEM) that signed the brokers' certificates; the system's CAs if unset.
+    Env: VOLTGUARD_KAFKA_SSL_CA_LOCATION."""
+    ssl_certificate_location: str | None = None
+    """Client certificate (PEM) for clusters that authenticate clients by TLS (mTLS).
+    Env: VOLTGUARD_KAFKA_SSL_CERTIFICATE_LOCATION."""
+    ssl_key_location: str | None = None
+    """Private key (PEM) of the client certificate. Env: VOLTGUARD_KAFKA_SSL_KEY_LOCATION."""
+    ssl_key_password: Secret | None = None
+    """Password of an encrypted client key. Env: VOLTGUARD_KAFKA_SSL_KEY_PASSWORD."""
 
     def client_config(self) -> dict[str, str]:
         """librdkafka configuration common to producers, consumers and admin clients."""
@@ -91,8 +101,55 @@ class KafkaSettings:
             config["sasl.password"] = self.sasl_password.get()
         if self.ssl_ca_location:
             config["ssl.ca.location"] = self.ssl_ca_location
+        if self.ssl_certificate_location:
+            config["ssl.certificate.location"] = self.ssl_certificate_location
+        if self.ssl_key_location:
+            config["ssl.key.location"] = self.ssl_key_location
+        if self.ssl_key_password:
+            config["ssl.key.password"] = self.ssl_key_password.get()
         return config
 
+    def check(self) -> None:
+        """Refuse combinations librdkafka would only report as a connection failure later."""
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        if self.security_protocol not in protocols:
+            raise ConfigError(
+                f"security_protocol (env VOLTGUARD_KAFKA_SECURITY_PROTOCOL): "
+                f"{self.security_protocol!r} is not one of {', '.join(protocols)}"
+            )
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"sasl_mechanism (env VOLTGUARD_KAFKA_SASL_MECHANISM): {self.security_protocol} "
+                f"needs one of {', '.join(SASL_MECHANISMS)}, got {self.sasl_mechanism!r}"
+            )
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ConfigError(
+                "sasl_username and sasl_password (env VOLTGUARD_KAFKA_SASL_USERNAME, "
+                f"VOLTGUARD_KAFKA_SASL_PASSWORD): both are needed with {self.security_protocol}"
+            )
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ConfigError(
+                "sasl_* settings are set but security_protocol (env "
+                f"VOLTGUARD_KAFKA_SECURITY_PROTOCOL) is {self.security_protocol}: use SASL_SSL"
+            )
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ConfigError(
+                "ssl_certificate_location and ssl_key_location (env "
+                "VOLTGUARD_KAFKA_SSL_CERTIFICATE_LOCATION, VOLTGUARD_KAFKA_SSL_KEY_LOCATION): "
+                "a client certificate needs its key, and the key its certificate"
+            )
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(
+                    f"{name} (env VOLTGUARD_KAFKA_{name.upper()}): no such file: {path}"
+                )
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""The SASL mechanisms the settings accept (what managed Kafka services offer with a
+username and password)."""
 
 DEFAULT_INGEST_GROUP = "voltguard-ingest"
 DEFAULT_BILLING_GROUP = "voltguard-billing"
@@ -291,6 +348,7 @@ class Settings:
             )
         if not self.kafka.bootstrap_servers:
             raise ConfigError("bootstrap_servers (env VOLTGUARD_BOOTSTRAP_SERVERS): empty")
+        self.kafka.check()
 
     def reconciliation_config(self) -> ReconciliationConfig:
         """The grace periods as :class:`billing.reconciliation.ReconciliationConfig`."""
