@@ -55,6 +55,22 @@ _CONNECT_ERRORS = frozenset(
 )  # fmt: skip
 
 
+class _ConnectErrors:
+    """librdkafka's ``error_cb`` (served by poll): keeps the last connection error for the
+    message of a failed start; librdkafka retries all of them itself."""
+
+    __slots__ = ("last", "stage")
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.last: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() in _CONNECT_ERRORS:
+            self.last = err.str()
+        log.debug("%s: Kafka client error: %s", self.stage, err)
+
+
 @dataclass(slots=True)
 class Output:
     """One message to produce: topic (real name), key, value (None = tombstone), partition."""
@@ -115,8 +131,8 @@ class TransactionalLoop:
         self.group_id = group_id
         self.on_batch = on_batch
         self._stop = threading.Event()
-        base = {**settings.kafka.client_config(), "error_cb": self._client_error}
-        self._connect_error: str | None = None
+        self._errors = _ConnectErrors(stage.name)  # not a bound method: no reference cycle
+        base = {**settings.kafka.client_config(), "error_cb": self._errors}
         self.consumer = Consumer(
             {
                 **base,
@@ -145,24 +161,14 @@ class TransactionalLoop:
         self._sampled_at = 0.0
         self._short = {spec.name: short for short, spec in CATALOG.items()}
 
-    def _client_error(self, err: KafkaError) -> None:
-        """librdkafka's error events (served by poll): the last connection error is kept
-        for the message of a failed start; librdkafka retries all of them itself."""
-        if err.code() in _CONNECT_ERRORS:
-            self._connect_error = err.str()
-        log.debug("%s: Kafka client error: %s", self.stage.name, err)
-
     def _init_transactions(self) -> None:
         try:
             self.producer.init_transactions(30)
         except KafkaException as exc:
             self.producer.poll(0)  # serve the queued error events: the cause, if any
             kafka = self.settings.kafka
-            cause = (
-                f"; the last connection error: {self._connect_error}"
-                if (self._connect_error)
-                else ""
-            )
+            last = self._errors.last
+            cause = f"; the last connection error: {last}" if last else ""
             raise ConnectError(
                 f"{self.stage.name}: could not start Kafka transactions on "
                 f"{kafka.bootstrap_servers} ({kafka.security_protocol}"

@@ -9,8 +9,12 @@ worker processes (ingest, billing, detection, router; ``voltguard worker``), whi
 - puts poison on every input topic of every stage (undecodable bytes, a valid JSON object of
   the wrong schema, a valid record with a field of the wrong type);
 - SIGKILLs the ingest worker mid-stream and restarts it;
-- starts a second billing worker (a rebalance), SIGKILLs the first and restarts it, then
-  stops the second (SIGTERM: it leaves the group);
+- starts a second ingest and a second billing worker (rebalances; the billing stage then
+  combines the two ingest workers' clock ticks, each vouching only for the partitions it
+  reads, topics/clock.InputClock), SIGKILLs the first billing worker and restarts it, then
+  stops the second billing worker (SIGTERM: it leaves the group) and SIGKILLs the second
+  ingest worker (it leaves by crashing: its partitions go back to the first after the
+  session timeout, and its open transaction is aborted);
 - stops the broker mid-stream (SIGTERM, SIGKILL after 2 s) and starts it again, on the
   same port and data. A worker either rides it out or exits with an error and is restarted
   by the test, as a supervisor would (systemd, docker's restart policy, Kubernetes): in
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -457,7 +462,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         assert workers.kill("ingest-a") == -signal.SIGKILL
         workers.restart("ingest-a")
         feed.paced(stream[cut[0] : cut[1]], RATE)
-        mark("start billing-b (rebalance)")
+        mark("start ingest-b and billing-b (rebalances)")
+        workers.start("ingest-b", "ingest")
         workers.start("billing-b", "billing")
         burst_start = time.monotonic() - t0
         mark("burst at 10x")
@@ -488,6 +494,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         assert rc == 0 or (rc == 1 and KAFKA_EXIT in workers.log("billing-b")), workers.log(
             "billing-b"
         )[-3000:]
+        mark("SIGKILL ingest-b (leaves)")
+        assert workers.kill("ingest-b") == -signal.SIGKILL
         feed.paced(stream[cut[4] :], RATE)
         feed.flush()
         mark("feed done")
@@ -561,7 +569,7 @@ def published(run: Run, short: str) -> list[bytes]:
 
 def test_the_faults_happened_mid_stream(run: Run) -> None:
     kills = [(n, rc) for n, rc in run.exits if rc == -signal.SIGKILL]
-    assert sorted(kills) == [("billing-a", -9), ("ingest-a", -9)]
+    assert sorted(kills) == [("billing-a", -9), ("ingest-a", -9), ("ingest-b", -9)]
     # Every process the test did not kill ended by itself, cleanly, after the stream.
     revived = [(n, rc) for n, rc, _ in run.revived]
     others = [(n, rc) for n, rc in run.exits if rc != -signal.SIGKILL and (n, rc) not in revived]
@@ -574,6 +582,11 @@ def test_the_faults_happened_mid_stream(run: Run) -> None:
     # must not hang: wait_caught_up would have timed out.
     for name, rc, tail in run.revived:
         print(f"\n{name} exited {rc} and was restarted; its log ended:\n{tail}")
+    # The second ingest worker took a share of the frames (so the billing clock combined
+    # two workers' ticks), and gave it back when it was killed.
+    assert re.search(r"ingest: assigned .*ocpp_frames \d", run.logs["ingest-b"]), run.logs[
+        "ingest-b"
+    ][-3000:]
     assert "restored" in run.logs["billing-a"]
     assert "restored" in run.logs["billing-b"]
     print("\ntimeline (s):", run.timeline)
