@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from streams.ingest import BatchResult, IngestLoop
 from streams.reference import read_reference
 from streams.replay import Replay
 from streams.settings import Settings
-from tests.integration.helpers import read_all
+from tests.integration.helpers import group_lag, read_all
 from tests.simcheck import check
 from topics.codec import decode
 from topics.records import DeadLetter, ReconciliationResult, SessionBill
@@ -58,18 +59,35 @@ def ingest_all(bootstrap: str) -> None:
         {}, bootstrap_servers=bootstrap, hash_secret=SECRET, instance_id="ingest-1"
     )
 
+    by_topic: Counter[str] = Counter()
+
     def count(result: BatchResult) -> None:
         handled["n"] += sum(n for (t, _), n in result.counts.items() if t != "clock")
+        for (t, _), n in result.counts.items():
+            by_topic[t] += n
 
-    # Runs until idle: after the last record, the partitions' ends let the clock catch up.
-    # 20 s, not 8: CI runs counted one or two records short twice, most likely an idle exit
-    # while a loaded machine was slow to fetch (a lost record would never reach the count).
+    # Runs until every record was handled, then 5 s more: the partitions' ends (and the
+    # ticks they release) follow the last batch. Not an idle exit: CI runs that exited after
+    # 8 s, and once after 20 s, without input counted a record or two short, and a record
+    # the loop had not read by then would have been counted as lost.
     loop = IngestLoop(settings, on_batch=count)
-    thread = threading.Thread(target=loop.run, kwargs={"max_idle_s": 20.0})
+    thread = threading.Thread(target=loop.run)
     thread.start()
-    thread.join(300)
+    deadline = time.monotonic() + 240
+    while handled["n"] < expected and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.5)
+    time.sleep(5.0)
+    loop.stop()
+    thread.join(60)
     assert not thread.is_alive()
-    assert handled["n"] == expected, (handled["n"], expected)
+    if handled["n"] != expected:  # say whether records were left unread or read uncounted
+        lags = {s: group_lag(bootstrap, "voltguard-ingest", s)
+                for s in ("ocpp_frames", "psp_payment_events")}  # fmt: skip
+        raise AssertionError(
+            f"ingest handled {handled['n']} of {expected} records in 240 s (frames "
+            f"{summary.frames}, payments {summary.payments}); handled by topic "
+            f"{dict(by_topic)}; not committed per partition {lags}"
+        )
 
 
 def billing_process(bootstrap: str, group: str) -> subprocess.Popen[bytes]:
