@@ -317,13 +317,17 @@ def _producer(bootstrap: str, paced: bool) -> Any:
 class Traffic:
     """The simulator's records, reference data first; raw input produced flat out or paced."""
 
-    def __init__(self, bootstrap: str, sessions: int, stations: int, seed: int) -> None:
+    def __init__(
+        self, bootstrap: str, sessions: int, stations: int, seed: int, fault_scale: float = 1.0
+    ) -> None:
         from topics.simulation.config import SimulationConfig
         from topics.simulation.engine import Simulation
 
         self.bootstrap = bootstrap
         self.sim = Simulation(
-            SimulationConfig(seed=seed, sessions=sessions, stations=stations),
+            SimulationConfig(
+                seed=seed, sessions=sessions, stations=stations, fault_scale=fault_scale
+            ),
             hash_secret=SECRET.encode(),
         )
         self.records = self.sim.records()
@@ -533,6 +537,7 @@ def run_phase(
     quiet_s: float,
     timeout_s: float,
     warmup_s: float = 0.0,
+    fault_scale: float = 1.0,
 ) -> dict[str, Any]:
     """One phase on ``kafka`` (its topics empty); its figures. In a paced phase, outputs
     due to input produced in its first ``warmup_s`` seconds are not paired."""
@@ -555,7 +560,7 @@ def run_phase(
             "VOLTGUARD_ROUTER_CONFIG": str(config_path),
             "VOLTGUARD_MODEL_REGISTRY": str(tmp / "registry"),
         }
-        traffic = Traffic(kafka.bootstrap, sessions, stations, seed)
+        traffic = Traffic(kafka.bootstrap, sessions, stations, seed, fault_scale)
         traffic.reference()
         produce_s = None
         if rate <= 0:
@@ -644,6 +649,7 @@ def run_phase(
         "target_rate_events_per_s": rate if rate > 0 else None,
         "sessions": sessions,
         "stations": stations,
+        "fault_scale": fault_scale,
         "raw_input_events": raw,
         "produce_s": round(produce_s or 0.0, 2),
         "complete": complete,
@@ -930,6 +936,9 @@ def state_per_open_session() -> dict[str, Any]:
     default=None,
     help="Use this broker (its topics are DELETED between phases) instead of a fresh local one.",
 )
+@click.option("--paced-fault-scale", default=4.0, show_default=True,
+              help="Paced phases: the simulator's fault and fraud rates times this, so that "
+              "the alert and page latencies rest on more than a handful of samples.")  # fmt: skip
 @click.option("--seed", default=99, show_default=True, help="Simulator seed.")
 @click.option("--quiet-s", default=8.0, show_default=True,
               help="A phase ends this long after the last commit of any stage.")  # fmt: skip
@@ -946,6 +955,7 @@ def bench_pipeline(
     warmup_sessions: int,
     warmup_s: float,
     bootstrap_servers: str | None,
+    paced_fault_scale: float,
     seed: int,
     quiet_s: float,
     timeout_s: float,
@@ -975,8 +985,9 @@ def bench_pipeline(
             if i:
                 reset_broker(kafka.bootstrap)
             phase = run_phase(
-                kafka, name=name, workers=n, sessions=count, rate=r, warmup_s=warmup_s, **common
-            )
+                kafka, name=name, workers=n, sessions=count, rate=r, warmup_s=warmup_s,
+                fault_scale=paced_fault_scale if r > 0 else 1.0, **common,
+            )  # fmt: skip
             phase["warmup"] = name == "warmup"
             phases.append(phase)
     state = state_per_open_session()
