@@ -61,8 +61,10 @@ from billing.reconciliation import (
     verdict_due_ms,
 )
 from billing.session_state import SessionState, build_bill, to_ms
+from topics.clock import InputClock
 from topics.identity import stable_id
 from topics.records import (
+    ClockTick,
     MeterReading,
     PaymentEvent,
     ReconciliationResult,
@@ -140,9 +142,16 @@ class Emit:
     the time the shell builds the features)."""
 
 
+class _InputState(msgspec.Struct):
+    latest: dict[str, int] = {}
+    idle: list[str] = []
+
+
 class _Clock(msgspec.Struct):
     watermark: int
     channels: dict[str, int] = {}
+    inputs: dict[str, _InputState] = {}
+    """Per channel, what the ingest workers' ticks vouched for (:class:`InputClock`)."""
 
 
 _encode_clock = msgspec.msgpack.Encoder().encode
@@ -180,6 +189,8 @@ class BillingEngine:
         self._watermark_dirty = False
         self.channel_ticks: dict[str, int] = {}
         """Latest clock tick per input channel (see :meth:`tick`)."""
+        self.input_clocks: dict[str, InputClock] = {}
+        """Per input channel, the ingest workers' ticks combined (see :meth:`on_tick`)."""
 
     # ------------------------------------------------------------------ input
 
@@ -234,6 +245,25 @@ class BillingEngine:
             )
         )
         return self._touched(case, at)
+
+    def on_tick(self, channel: str, tick: ClockTick, *, channels: int) -> list[Emit]:
+        """A clock tick record on one input ``channel``, from one of the ingest workers.
+
+        Their ticks are combined per channel by an :class:`~topics.clock.InputClock`, which
+        is part of the changelog too: a worker that takes this partition over knows what
+        every ingest worker vouched for, and need not wait until each ticks again (at the
+        end of a stream, or while the minute does not move, one may not).
+        """
+        clock = self.input_clocks.get(channel)
+        if clock is None:
+            clock = self.input_clocks[channel] = InputClock()
+        at_ms = clock.observe(tick)
+        if clock.changed:
+            clock.changed = False
+            self._watermark_dirty = True
+        if at_ms is None:
+            return []
+        return self.tick(channel, at_ms, channels=channels)
 
     def tick(self, channel: str, at_ms: int, *, channels: int) -> list[Emit]:
         """A clock tick seen on one input ``channel``; the watermark is the oldest channel's.
@@ -455,8 +485,13 @@ class BillingEngine:
         self._dirty.clear()
         if self._watermark_dirty:
             self._watermark_dirty = False
+            inputs = {
+                channel: {"latest": clock.latest, "idle": sorted(clock.idle)}
+                for channel, clock in self.input_clocks.items()
+            }
             yield WATERMARK_KEY, _encode_clock({"watermark": self.watermark_ms,
-                                                "channels": self.channel_ticks})  # fmt: skip
+                                                "channels": self.channel_ticks,
+                                                "inputs": inputs})  # fmt: skip
 
     def restore(self, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild the cases and the watermark from changelog records (latest per key wins)."""
@@ -470,6 +505,10 @@ class BillingEngine:
                     clock = _decode_clock(value)
                     self.watermark_ms = max(self.watermark_ms, clock.watermark)
                     self.channel_ticks = dict(clock.channels)
+                    self.input_clocks = {
+                        channel: InputClock(state.latest, set(state.idle))
+                        for channel, state in clock.inputs.items()
+                    }
             elif value is None:
                 self.cases.pop(text, None)
             else:

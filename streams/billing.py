@@ -51,7 +51,6 @@ from streams.metrics import (
 )
 from streams.settings import DEFAULT_BILLING_GROUP, Settings
 from topics.catalog import CLOCK_KEY, TopicSpec, changelog_spec, topic
-from topics.clock import InputClock
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.identity import stable_id
@@ -118,7 +117,6 @@ class BillingProcessor:
         self.changelog_topic = topic("billing_state")
         self._features_topic = topic("session_features")
         self._features_ticked: dict[int, int] = {}
-        self._input_clocks: dict[tuple[str, int], InputClock] = {}
 
     def engine(self, partition: int) -> BillingEngine:
         engine = self.engines.get(partition)
@@ -222,13 +220,10 @@ class BillingProcessor:
         """A clock tick on one input topic; the watermark is the oldest of the three topics'.
 
         Each topic's time is what the ticks of every ingest worker vouch for together
-        (:class:`~topics.clock.InputClock`), so one worker ahead of another cannot move it.
+        (:class:`~topics.clock.InputClock`, kept in the engine's changelog), so one worker
+        ahead of another cannot move it.
         """
-        clock = self._input_clocks.setdefault((short, partition), InputClock())
-        at_ms = clock.observe(tick)
-        if at_ms is None:
-            return []
-        return engine.tick(short, at_ms, channels=len(INPUT_TOPICS))
+        return engine.on_tick(short, tick, channels=len(INPUT_TOPICS))
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild one partition's engine from its changelog."""
@@ -240,8 +235,6 @@ class BillingProcessor:
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns."""
         self.engines.pop(partition, None)
-        for key in [k for k in self._input_clocks if k[1] == partition]:
-            del self._input_clocks[key]
 
 
 class BillingStage:

@@ -177,7 +177,16 @@ class StationMemory(msgspec.Struct, kw_only=True):
             self.scored = {k: t for k, t in self.scored.items() if t >= horizon}
 
 
+class InputClockState(msgspec.Struct, kw_only=True):
+    """An input partition's :class:`~topics.clock.InputClock` in the changelog, so that a
+    worker taking the partition over knows what every ingest worker's ticks vouched for."""
+
+    latest: dict[str, int] = {}
+    idle: list[str] = []
+
+
 _STATE_TYPES: Final = {
+    "inputs": InputClockState,
     "token": TokenHistory,
     "terminal": TerminalWindow,
     "card": CardHistory,
@@ -331,8 +340,14 @@ class DetectionProcessor:
             # Several ingest workers: a payments tick vouches only for the inputs its
             # sender reads; the partition's time is what all of them vouch for together.
             tick = decode(value, ClockTick)
-            clock = self.input_clocks.setdefault((short, partition), InputClock())
+            clock = self._input_clock(short, partition)
             at_ms = clock.observe(tick)
+            if clock.changed:
+                clock.changed = False
+                kept = InputClockState(latest=dict(clock.latest), idle=sorted(clock.idle))
+                key = f"inputs:{short}".encode()
+                self.state.setdefault(partition, {})[key] = kept
+                changed[(partition, key)] = kept
             if at_ms is not None:
                 self._forward_clock(batch, channel, partition, at_ms)
             return "clock"
@@ -427,6 +442,19 @@ class DetectionProcessor:
             if state.pending:
                 self.pending.setdefault(partition, set()).add(state_key)
         changed[(partition, state_key)] = state
+
+    def _input_clock(self, short: str, partition: int) -> InputClock:
+        """The ingest workers' ticks on one input partition, combined; restored from the
+        changelog row of the same-numbered partition when there is one."""
+        clock = self.input_clocks.get((short, partition))
+        if clock is None:
+            kept = self.state.get(partition, {}).get(f"inputs:{short}".encode())
+            if isinstance(kept, InputClockState):
+                clock = InputClock(kept.latest, set(kept.idle))
+            else:
+                clock = InputClock()
+            self.input_clocks[(short, partition)] = clock
+        return clock
 
     def _forward_clock(self, batch: DetectionBatch, channel: str, source: int, at_ms: int) -> None:
         raw = f"clock:{channel}/{source}".encode()
@@ -622,6 +650,8 @@ class DetectionProcessor:
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
         """Rebuild one partition's entities from their changelog (latest row per key)."""
+        for stale in [k for k in self.input_clocks if k[1] == partition]:
+            del self.input_clocks[stale]  # the changelog's row is at least as new
         entities: dict[bytes, object] = {}
         for key, value in records:
             if value is None:

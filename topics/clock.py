@@ -50,11 +50,14 @@ __all__ = ["InputClock"]
 class InputClock:
     """Latest vouched time per input partition, for the ticks of one output partition."""
 
-    __slots__ = ("idle", "latest")
+    __slots__ = ("changed", "idle", "latest")
 
-    def __init__(self) -> None:
-        self.latest: dict[str, int] = {}
-        self.idle: set[str] = set()
+    def __init__(self, latest: dict[str, int] | None = None, idle: set[str] | None = None) -> None:
+        self.latest: dict[str, int] = dict(latest or {})
+        self.idle: set[str] = set(idle or ())
+        self.changed = False
+        """Set when a tick changed what the clock knows (a reader keeping it in a changelog
+        writes it then, and clears this)."""
 
     def observe(self, tick: ClockTick) -> int | None:
         """The time every input partition has reached after ``tick``, ms (None: not known)."""
@@ -62,12 +65,17 @@ class InputClock:
         if tick.inputs is None:
             return at
         idle = set(tick.idle)
+        before = len(self.idle)
         for name in tick.covers or ():
-            if name not in idle:
+            if name not in idle and name in self.idle:
                 self.idle.discard(name)
+                self.changed = True
             if at > self.latest.get(name, -1):
                 self.latest[name] = at
+                self.changed = True
         self.idle |= idle
+        if len(self.idle) != before:
+            self.changed = True
         if len(self.idle | self.latest.keys()) < tick.inputs:
             return None
         busy = [ms for name, ms in self.latest.items() if name not in self.idle]

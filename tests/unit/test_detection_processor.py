@@ -339,3 +339,30 @@ def test_the_stage_records_alerts_scores_and_model_versions_as_metrics(
                  severity=alert.severity) == alerts_before + 1  # fmt: skip
     version = scores[-1].model_version
     assert value("voltguard_detection_model_info", detector="online", version=version) == 1
+
+
+def test_a_payment_partition_taken_over_keeps_what_every_ingest_worker_vouched_for() -> None:
+    """With two ingest workers, the combined payments clock of an input partition is in the
+    changelog: the partition's next owner forwards the clock on the next tick of either."""
+    payments = topic("payment_events")
+
+    def tick(minute: int, covers: list[str], n: int) -> tuple[str, int, int, bytes, bytes]:
+        record = ClockTick(event_id=f"c{n}", event_time=NOW + timedelta(minutes=minute),
+                           source="ingest", covers=covers, idle=[], inputs=4)  # fmt: skip
+        return (payments, 0, n, CLOCK_KEY, encode(record))
+
+    def forwarded(batch: object) -> list[int]:
+        return sorted({msgspec.json.decode(o.value, type=KeyedClock).at_ms  # type: ignore[attr-defined]
+                       for o in batch.outputs if o.key == b"clock:payments/0"})  # type: ignore[attr-defined]  # fmt: skip
+
+    first = _processor()
+    a = first.process([tick(30, ["ocpp_frames/0", "ocpp_frames/1"], 0)], now=NOW)
+    b = first.process([tick(10, ["ocpp_frames/2", "ocpp_frames/3"], 1)], now=NOW)
+    assert forwarded(a) == [] and len(forwarded(b)) == 1  # known once both have ticked
+    rows = [(o.key, o.value) for o in a.outputs + b.outputs
+            if o.topic == first.changelog_topic and o.partition == 0]  # fmt: skip
+
+    second = _processor()  # the partition's next owner
+    second.restore(0, rows)
+    later = second.process([tick(20, ["ocpp_frames/2", "ocpp_frames/3"], 2)], now=NOW)
+    assert forwarded(later) == [int((NOW + timedelta(minutes=20)).timestamp() * 1000)]

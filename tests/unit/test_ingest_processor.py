@@ -309,3 +309,45 @@ def test_two_ingest_workers_give_the_clock_one_worker_would() -> None:
     busy_ms, ended_ms = one
     assert busy_ms is not None and ended_ms is not None and busy_ms < ended_ms
     assert (ended_ms - busy_ms) // 60_000 == 35  # 11:05 while both read, 11:40 at their end
+
+
+def test_a_billing_partition_taken_over_keeps_what_every_ingest_worker_vouched_for() -> None:
+    """The combined clock is in billing's changelog: the new owner of a partition moves on
+    the next tick of either ingest worker, without waiting for both to tick again."""
+    from streams.billing import BillingProcessor
+    from streams.ingest import INPUT_TOPICS
+
+    inputs = [(topic(t), p) for t in INPUT_TOPICS for p in range(SESSION_PARTITIONS)]
+    a, b = IngestProcessor(hash_secret=b"k"), IngestProcessor(hash_secret=b"k")
+    a.assign(inputs[::2])
+    b.assign(inputs[1::2])
+    a.mark_caught_up(inputs[2::2])
+    b.mark_caught_up(inputs[3::2])
+
+    def heartbeat(partition: int, at: str, offset: int) -> tuple[str, int, int, bytes, bytes]:
+        envelope = {"station_id": "CP-8", "received_at": at, "protocol": "ocpp1.6",
+                    "frame": [2, f"hb{offset}", "Heartbeat", {}]}  # fmt: skip
+        return (FRAMES, partition, offset, b"CP-8", orjson.dumps(envelope))
+
+    def ticks(result: BatchResult) -> list[tuple[str, int, int, bytes, bytes]]:
+        shorts = ("session_events", "meter_readings", "payment_events")
+        return [(t, p, 0, CLOCK_KEY, v) for s in shorts for t, p, v in _ticks(result, s, 0)]
+
+    first = BillingProcessor()
+    out = first.process(ticks(a.process([heartbeat(0, "2024-03-01T12:00:00Z", 0)], now=NOW)),
+                        now=NOW)  # fmt: skip
+    out2 = first.process(ticks(b.process([heartbeat(1, "2024-03-01T11:10:00Z", 0)], now=NOW)),
+                         now=NOW)  # fmt: skip
+    assert first.engine(0).watermark_ms == to_ms_of("2024-03-01T11:10:00Z")
+    changelog = [(o.key or b"", o.value) for o in out.outputs + out2.outputs
+                 if o.topic == first.changelog_topic and o.partition == 0]  # fmt: skip
+
+    second = BillingProcessor()  # the partition's new owner
+    second.restore(0, changelog)
+    second.process(ticks(b.process([heartbeat(1, "2024-03-01T11:40:00Z", 1)], now=NOW)),
+                   now=NOW)  # fmt: skip
+    assert second.engine(0).watermark_ms == to_ms_of("2024-03-01T11:40:00Z")  # a's is known
+
+
+def to_ms_of(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
