@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Timeline", "ceil_minute"]
 
@@ -44,6 +44,8 @@ class Timeline:
     event_ms: list[int]
     first_produced_ms: list[int]
     """Per position in ``event_ms`` (sorted), the earliest produce time at or after it."""
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(station id, session end ms) -> produce time of the frame that ended the session."""
 
     @classmethod
     def build(cls, frames: Iterable[tuple[int, int]]) -> Timeline:

@@ -119,6 +119,19 @@ def test_latencies_pair_each_output_with_the_frame_that_made_it_due() -> None:
                                                               pytest.approx(0.5)]  # fmt: skip
 
 
+def test_a_bill_whose_session_ended_late_is_timed_from_its_end_frame() -> None:
+    # An offline station: the session ended at 10:00:30 by its own clock, but the frame
+    # saying so was produced at epoch 1015 s, long after the 10:03 frame (1003 s).
+    timeline = Timeline.build([(ms(T0) + k * 60_000, (1000 + k) * 1000) for k in range(20)])
+    end = T0 + timedelta(seconds=30)
+    timeline.ends[("CP1", ms(end))] = 1015_000
+    records = [("session_bills", _bill("S1", end), 1015.4),
+               ("fraud_alerts", _alert("A1", "S1"), 1015.9)]  # fmt: skip
+    lat = latencies(records, [(1016.0, "A1", "trigger")], timeline, bill_grace_s=120)
+    assert lat["bills"] == [pytest.approx(0.4)]  # not 12.4 s from the 10:03 frame
+    assert lat["alerts"] == [pytest.approx(0.9)] and lat["pages"] == [pytest.approx(1.0)]
+
+
 # --------------------------------------------------------------------------- summary
 
 
