@@ -99,7 +99,9 @@ class Stage(Protocol):
     def record_metrics(self, result: Any) -> None: ...
 
     # Optional: ``event_times() -> dict[str, int]``, the newest event time (Unix ms) the
-    # stage has handled per topic short name, sampled with the consumer lag.
+    # stage has handled per topic short name, sampled with the consumer lag; and
+    # ``split(batch) -> list[list[Message]]``, consecutive parts of a batch to commit as
+    # transactions of their own (the router keeps a trigger and its resolve apart).
 
 
 class TransactionalLoop:
@@ -298,7 +300,9 @@ class TransactionalLoop:
                 ends = [(m.topic(), m.partition()) for m in messages if _is_eof(m)]
                 if batch:
                     last_input = time.monotonic()
-                    self._transact(batch)
+                    split = getattr(self.stage, "split", None)
+                    for part in [batch] if split is None else split(batch):
+                        self._transact(part)
                 if ends and hasattr(self.stage, "caught_up"):
                     # After the batch: partitions read to their end (e.g. the ingest clock
                     # stops waiting for them), and whatever that releases, in its own

@@ -23,8 +23,9 @@ or billing publishes the same alert id again, and a resolve follows a delivered 
 only once. If the router dies after a destination accepted a request but before the commit,
 the batch is redone and the request is sent again: at-least-once in that window. For
 PagerDuty that is harmless (the same ``dedup_key`` updates the open incident, and a second
-resolve is a no-op); for Slack it is a duplicate message, as incoming webhooks have no
-idempotency key.
+resolve is a no-op) because a trigger and the resolve of the same notice are never in one
+transaction (:meth:`RouterStage.split`): redone together they would open a second incident.
+For Slack it is a duplicate message, as incoming webhooks have no idempotency key.
 """
 
 from __future__ import annotations
@@ -214,6 +215,40 @@ class RouterStage:
 
     def _done(self, partition: int, key: str) -> str | None:
         return self.records.get(partition, {}).get(key)
+
+    def split(self, batch: list[Message]) -> list[list[Message]]:
+        """The batch in consecutive parts, each its own transaction, such that no part holds
+        both a trigger and the resolve of the same notice.
+
+        A part redone after a crash (sent, not committed) then repeats only a trigger while
+        its incident is open (PagerDuty folds it into that incident) or only a resolve (a
+        no-op). Redoing a trigger and its resolve together opened a second incident.
+        """
+        parts: list[list[Message]] = [[]]
+        triggered: set[str] = set()
+        for m in batch:
+            key, resolve = self._notice_key(m)
+            if key is not None and resolve and key in triggered:
+                parts.append([])
+                triggered = set()
+            if key is not None and not resolve:
+                triggered.add(key)
+            parts[-1].append(m)
+        return [part for part in parts if part]
+
+    def _notice_key(self, m: Message) -> tuple[str | None, bool]:
+        """(notice key, is a resolve) of an input message; (None, False) if undecodable
+        (:meth:`process` dead-letters it)."""
+        value = m.value()
+        if value is None:
+            return None, False
+        try:
+            if m.topic() == self._alerts:
+                return decode(value, FraudAlert).alert_id, False
+            result = decode(value, ReconciliationResult)
+        except Exception:  # process() dead-letters it, with the reason
+            return None, False
+        return result.result_id, result.outcome == "matched"
 
     def process(self, batch: list[Message], now: datetime) -> RouterBatch:
         out = RouterBatch()
