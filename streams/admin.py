@@ -12,7 +12,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from topics.catalog import CATALOG, TopicSpec
 
-__all__ = ["TopicMismatch", "TopicState", "create_topics", "describe_topics"]
+__all__ = [
+    "TopicMismatch",
+    "TopicState",
+    "abort_stale_transactions",
+    "create_topics",
+    "describe_topics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +143,46 @@ def _refuse_mispartitioned(states: list[TopicState]) -> None:
             f"refusing to use mis-partitioned topics: {lines}. Co-partitioned tables would "
             "mis-join sessions; recreate these topics (or migrate them) with the catalog's count."
         )
+
+
+def abort_stale_transactions(
+    bootstrap: str,
+    topic_names: Iterable[str],
+    *,
+    min_age_s: float,
+    dry_run: bool = False,
+    client_config: str | None = None,
+    timeout_s: float = 120.0,
+) -> list[str]:
+    """Abort transactions open on partitions of ``topic_names`` for ``min_age_s`` or more.
+
+    An open transaction holds back every read_committed consumer of its partition until
+    it ends, and one whose coordinator has lost it (a produce retried after the broker's
+    restart, a producer that died mid-transaction) never ends by itself: the stage reading
+    it stops with a small lag that does not move. This is the remedy of Kafka's
+    ``kafka-transactions.sh find-hanging``/``abort`` (KIP-664), through the Java Admin API
+    in ``deploy/kafka/AbortStaleTransactions.java``, run with the local broker's jars.
+    Choose ``min_age_s`` well above the workers' transaction timeout (15 s by default).
+
+    Returns one line per transaction found: ``"aborted|open TOPIC PARTITION PRODUCER_ID
+    EPOCH START_OFFSET AGE_MS"`` (``open`` with ``dry_run``). ``client_config`` is a Java
+    client properties file for a secured cluster.
+    """
+    import subprocess
+
+    from streams.localkafka import DEPLOY_DIR, _find_java, ensure_jars
+
+    libs = ensure_jars()
+    command = [
+        _find_java(), "-cp", f"{libs}/*", str(DEPLOY_DIR / "AbortStaleTransactions.java"),
+        bootstrap, str(int(min_age_s * 1000)),
+        *(["--dry-run"] if dry_run else []),
+        *(["--config", client_config] if client_config else []),
+        *topic_names,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"AbortStaleTransactions exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
+    return [ln for ln in done.stdout.splitlines() if ln.startswith(("aborted ", "open "))]

@@ -125,6 +125,52 @@ def topics_list(bootstrap_servers: str | None) -> None:
         )
 
 
+@topics_group.command("abort-stale-transactions")
+@BOOTSTRAP
+@click.option("--older-than", "older_than_s", default=300.0, show_default=True,
+              help="Abort transactions open at least this many seconds (well above the "
+              "workers' transaction timeout, VOLTGUARD_TRANSACTION_TIMEOUT_MS).")  # fmt: skip
+@click.option("--topic", "shorts", multiple=True,
+              help="Catalog short name (e.g. reconciliation_mismatches); repeatable. "
+              "Default: every catalog topic.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Only list the open transactions.")
+@click.option("--command-config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Java client properties for a secured cluster (as kafka-transactions.sh).")  # fmt: skip
+def topics_abort_stale(
+    bootstrap_servers: str | None,
+    older_than_s: float,
+    shorts: tuple[str, ...],
+    dry_run: bool,
+    command_config: str | None,
+) -> None:
+    """Find and abort transactions left open on the catalog's topics.
+
+    A stage whose consumer lag stays small but never moves may be held back by a
+    transaction nobody will end (a producer that died mid-transaction around a broker
+    restart): read_committed consumers cannot pass its first record. Needs Java (the
+    broker's jars, fetched as for `voltguard kafka up`).
+    """
+    from streams.admin import abort_stale_transactions
+    from topics.catalog import CATALOG
+
+    unknown = sorted(set(shorts) - set(CATALOG))
+    if unknown:
+        raise click.UsageError(f"not catalog topics: {', '.join(unknown)}")
+    settings = _settings(bootstrap_servers)
+    names = [CATALOG[s].name for s in (shorts or CATALOG)]
+    try:
+        found = abort_stale_transactions(
+            settings.kafka.bootstrap_servers, names, min_age_s=older_than_s,
+            dry_run=dry_run, client_config=command_config,
+        )  # fmt: skip
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in found:
+        click.echo(line)
+    verb = "open" if dry_run else "aborted"
+    click.echo(f"{len(found)} transactions {verb} (older than {older_than_s:g} s)")
+
+
 # --------------------------------------------------------------------------- worker
 
 
