@@ -691,7 +691,19 @@ def test_pages_once_each_after_a_failing_then_slow_destination(run: Run) -> None
         assert not thread.is_alive()
         loop.stage.sender.close()
     assert len(calm.incidents) >= 5
-    assert pager.incidents == calm.incidents, "incidents differ from the uninterrupted run"
+    if pager.incidents != calm.incidents:  # what the destination saw of each, for the note
+        keys = {k for k in pager.incidents.keys() | calm.incidents.keys()
+                if pager.incidents[k] != calm.incidents[k]}  # fmt: skip
+        seen = {k: [(round(t - (pager.first or 0), 2), status, b["event_action"])
+                    for t, status, b in pager.requests if b.get("dedup_key") == k]
+                for k in sorted(keys)}  # fmt: skip
+        restarts = [(n, rc) for n, rc, _ in run.revived]
+        timeline = run.timeline
+        raise AssertionError(
+            f"incidents differ from the uninterrupted run: {dict((k, (pager.incidents[k], calm.incidents[k])) for k in sorted(keys))}; "
+            f"requests per key (s after the first request, status, action) {seen}; "
+            f"workers restarted {restarts}; timeline {timeline}"
+        )
     assert pager.resolved == calm.resolved
     assert set(pager.incidents.values()) == {1}, "an alert paged twice"
     # Requests: each (dedup_key, action) once, unless the router itself was restarted (the
