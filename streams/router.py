@@ -218,21 +218,22 @@ class RouterStage:
 
     def split(self, batch: list[Message]) -> list[list[Message]]:
         """The batch in consecutive parts, each its own transaction, such that no part holds
-        both a trigger and the resolve of the same notice.
+        both a trigger and a resolve of the same notice (either way round: a result can
+        mismatch again after its resolve, and pages again).
 
         A part redone after a crash (sent, not committed) then repeats only a trigger while
         its incident is open (PagerDuty folds it into that incident) or only a resolve (a
         no-op). Redoing a trigger and its resolve together opened a second incident.
         """
         parts: list[list[Message]] = [[]]
-        triggered: set[str] = set()
+        actions: dict[str, bool] = {}  # notice key -> is a resolve, in the current part
         for m in batch:
             key, resolve = self._notice_key(m)
-            if key is not None and resolve and key in triggered:
+            if key is not None and actions.get(key, resolve) != resolve:
                 parts.append([])
-                triggered = set()
-            if key is not None and not resolve:
-                triggered.add(key)
+                actions = {}
+            if key is not None:
+                actions[key] = resolve
             parts[-1].append(m)
         return [part for part in parts if part]
 

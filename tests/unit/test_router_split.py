@@ -59,6 +59,12 @@ def test_a_trigger_and_its_resolve_go_to_separate_transactions() -> None:
     assert [m for p in parts for m in p] == batch  # consecutive, nothing lost or reordered
 
 
+def test_a_trigger_after_a_resolve_of_the_same_notice_is_cut_off_too() -> None:
+    batch = [mismatch("R1", "undercharged", 0), mismatch("R1", "matched", 1),
+             mismatch("R1", "overcharged", 2)]  # fmt: skip
+    assert [len(p) for p in stage().split(batch)] == [1, 1, 1]  # type: ignore[arg-type]
+
+
 def test_a_batch_without_a_resolve_of_its_own_trigger_stays_whole() -> None:
     batch = [mismatch("R1", "matched", 1), mismatch("R2", "undercharged", 0), alert("A1"),
              Msg(topic("fraud_alerts"), b"not json"), Msg(topic("fraud_alerts"), None)]  # fmt: skip
