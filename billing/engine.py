@@ -61,7 +61,7 @@ from billing.reconciliation import (
     verdict_due_ms,
 )
 from billing.session_state import SessionState, build_bill, to_ms
-from topics.clock import InputClock
+from topics.clock import InputClock, InputClockState
 from topics.identity import stable_id
 from topics.records import (
     ClockTick,
@@ -142,15 +142,10 @@ class Emit:
     the time the shell builds the features)."""
 
 
-class _InputState(msgspec.Struct):
-    latest: dict[str, int] = {}
-    idle: list[str] = []
-
-
 class _Clock(msgspec.Struct):
     watermark: int
     channels: dict[str, int] = {}
-    inputs: dict[str, _InputState] = {}
+    inputs: dict[str, InputClockState] = {}
     """Per channel, what the ingest workers' ticks vouched for (:class:`InputClock`)."""
 
 
@@ -485,10 +480,7 @@ class BillingEngine:
         self._dirty.clear()
         if self._watermark_dirty:
             self._watermark_dirty = False
-            inputs = {
-                channel: {"latest": clock.latest, "idle": sorted(clock.idle)}
-                for channel, clock in self.input_clocks.items()
-            }
+            inputs = {channel: clock.state() for channel, clock in self.input_clocks.items()}
             yield WATERMARK_KEY, _encode_clock({"watermark": self.watermark_ms,
                                                 "channels": self.channel_ticks,
                                                 "inputs": inputs})  # fmt: skip
@@ -506,7 +498,7 @@ class BillingEngine:
                     self.watermark_ms = max(self.watermark_ms, clock.watermark)
                     self.channel_ticks = dict(clock.channels)
                     self.input_clocks = {
-                        channel: InputClock(state.latest, set(state.idle))
+                        channel: InputClock.from_state(state)
                         for channel, state in clock.inputs.items()
                     }
             elif value is None:

@@ -62,7 +62,7 @@ from streams.metrics import (
 )
 from streams.settings import DEFAULT_DETECTION_GROUP, Settings
 from topics.catalog import CATALOG, CLOCK_KEY, TopicSpec, changelog_spec, topic
-from topics.clock import InputClock
+from topics.clock import InputClock, InputClockState
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError
 from topics.records import ClockTick, FraudAlert, PaymentEvent, SessionFeatures
@@ -175,14 +175,6 @@ class StationMemory(msgspec.Struct, kw_only=True):
             self.alerted = {k: t for k, t in self.alerted.items() if t >= horizon}
         if any(t < horizon for t in self.scored.values()):
             self.scored = {k: t for k, t in self.scored.items() if t >= horizon}
-
-
-class InputClockState(msgspec.Struct, kw_only=True):
-    """An input partition's :class:`~topics.clock.InputClock` in the changelog, so that a
-    worker taking the partition over knows what every ingest worker's ticks vouched for."""
-
-    latest: dict[str, int] = {}
-    idle: list[str] = []
 
 
 _STATE_TYPES: Final = {
@@ -344,7 +336,7 @@ class DetectionProcessor:
             at_ms = clock.observe(tick)
             if clock.changed:
                 clock.changed = False
-                kept = InputClockState(latest=dict(clock.latest), idle=sorted(clock.idle))
+                kept = clock.state()
                 key = f"inputs:{short}".encode()
                 self.state.setdefault(partition, {})[key] = kept
                 changed[(partition, key)] = kept
@@ -450,7 +442,7 @@ class DetectionProcessor:
         if clock is None:
             kept = self.state.get(partition, {}).get(f"inputs:{short}".encode())
             if isinstance(kept, InputClockState):
-                clock = InputClock(kept.latest, set(kept.idle))
+                clock = InputClock.from_state(kept)
             else:
                 clock = InputClock()
             self.input_clocks[(short, partition)] = clock

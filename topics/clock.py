@@ -41,10 +41,21 @@ True
 
 from __future__ import annotations
 
+import msgspec
+
 from topics.records import ClockTick
 from topics.times import to_ms
 
-__all__ = ["InputClock"]
+__all__ = ["InputClock", "InputClockState"]
+
+
+class InputClockState(msgspec.Struct, kw_only=True):
+    """An :class:`InputClock` as a changelog keeps it (billing's watermark row, detection's
+    ``inputs:*`` rows), so that a worker taking a partition over knows what every ingest
+    worker's ticks vouched for."""
+
+    latest: dict[str, int] = {}
+    idle: list[str] = []
 
 
 class InputClock:
@@ -58,6 +69,15 @@ class InputClock:
         self.changed = False
         """Set when a tick changed what the clock knows (a reader keeping it in a changelog
         writes it then, and clears this)."""
+
+    def state(self) -> InputClockState:
+        """What to keep in a changelog."""
+        return InputClockState(latest=dict(self.latest), idle=sorted(self.idle))
+
+    @classmethod
+    def from_state(cls, state: InputClockState) -> InputClock:
+        """The clock a changelog row kept."""
+        return cls(state.latest, set(state.idle))
 
     def observe(self, tick: ClockTick) -> int | None:
         """The time every input partition has reached after ``tick``, ms (None: not known)."""
