@@ -510,7 +510,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             "billing-b"
         )[-3000:]
         mark("SIGKILL ingest-b (leaves)")
-        assert workers.kill("ingest-b") == -signal.SIGKILL
+        # -9, or 1 when it had just exited on a failed Kafka call since the broker's return
+        # (a CI run: the supervisor had not restarted it yet).
+        rc = workers.kill("ingest-b")
+        assert rc == -signal.SIGKILL or (rc == 1 and KAFKA_EXIT in workers.log("ingest-b")), rc
         feed.paced(stream[cut[4] :], RATE)
         feed.flush()
         mark("feed done")
@@ -587,15 +590,20 @@ def published(run: Run, short: str) -> list[bytes]:
 
 def test_the_faults_happened_mid_stream(run: Run) -> None:
     kills = [(n, rc) for n, rc in run.exits if rc == -signal.SIGKILL]
-    assert sorted(kills) == [("billing-a", -9), ("ingest-a", -9), ("ingest-b", -9)]
+    ingest_b = [rc for n, rc in run.exits if n == "ingest-b"][-1]
+    expected = [("billing-a", -9), ("ingest-a", -9)] + (
+        [("ingest-b", -9)] if ingest_b == -9 else []
+    )
+    assert sorted(kills) == expected
     # Every process the test did not kill ended by itself, cleanly, after the stream.
     revived = [(n, rc) for n, rc, _ in run.revived]
     others = [(n, rc) for n, rc in run.exits if rc != -signal.SIGKILL and (n, rc) not in revived]
     failed = [(n, rc) for n, rc in others if rc != 0]
-    assert failed in ([], [("billing-b", 1)]), failed
-    if failed:
-        assert KAFKA_EXIT in run.logs["billing-b"]
-        print("\nbilling-b exited 1 on its SIGTERM: a Kafka call failed (or was blocked)")
+    # Only the two workers the test stops for good may have ended on a failed Kafka call.
+    assert len(failed) == len(set(failed)) and set(failed) <= {("billing-b", 1), ("ingest-b", 1)}
+    for name, _ in failed:
+        assert KAFKA_EXIT in run.logs[name]
+        print(f"\n{name} exited 1 when stopped: a Kafka call failed (or was blocked)")
     # A worker may exit on the broker's loss (then it is restarted, as by a supervisor); it
     # must not hang: wait_caught_up would have timed out.
     for name, rc, tail in run.revived:
