@@ -39,6 +39,7 @@ from topics.catalog import (
     changelog_spec,
     topic,
 )
+from topics.clock import IDLE_HEARTBEAT_MS
 from topics.codec import decode, encode
 from topics.exceptions import RecordDecodeError, UnsupportedFrame
 from topics.identity import session_id_for, stable_id
@@ -56,9 +57,6 @@ __all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output", "dead_lett
 log = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
-_IDLE_TICK_MS = 1000
-"""Fewest milliseconds (wall clock) between two ticks that only tell which partitions are
-read to their end; a paced stream flips them at every batch."""
 
 
 INPUT_TOPICS = ("ocpp_frames", "csms_session_events", "csms_meter_readings", "psp_payment_events")
@@ -97,7 +95,10 @@ class IngestProcessor:
         self.assigned: set[tuple[str, int]] = set()
         """Input partitions assigned to this worker (empty without a consumer, as in replay)."""
         self._idle_sent: list[str] = []
-        self._idle_tick_ms = -_IDLE_TICK_MS
+        self._ticked_ms = -IDLE_HEARTBEAT_MS
+        """Wall clock of the last tick sent (heartbeats of idle claims count from it)."""
+        self._idle_tick_ms = -IDLE_HEARTBEAT_MS
+        """Wall clock of the last tick sent only for what is idle (at most one a heartbeat)."""
         self._current: tuple[str, int] = ("", 0)
         self._now_ms = 0
         self._future = 0
@@ -137,8 +138,17 @@ class IngestProcessor:
 
     def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Input partitions this ingest now reads: each holds the clock back until it has
-        been read from or read to its end."""
+        been read from or read to its end.
+
+        The next tick may then be older than the last one sent: a tick vouches for every
+        partition it covers at its one time, and partitions taken over from another worker
+        (a rebalance, a worker that died) may have a backlog older than what this one had
+        read of its own (readers keep the latest time per partition, so its own lose
+        nothing). Sending the newer time for them too would let a reader take the backlog's
+        records, read next, for late ones.
+        """
         self.assigned.update(partitions)
+        self.clock_ms = -1
 
     def clock_now(self) -> int:
         """The input time every input partition has reached, ms (-1: not known yet).
@@ -174,36 +184,47 @@ class IngestProcessor:
         reader that has seen a tick on all three topics of a partition has seen their input
         up to that minute. The minute is :meth:`clock_now`'s. A worker of a consumer group
         vouches only for the input partitions assigned to it (``covers``; readers combine
-        the workers' ticks with :class:`topics.clock.InputClock`); one whose partitions are
-        all read to their end without a record says so once (``idle``).
+        the workers' ticks with :class:`topics.clock.InputClock`); those read to their end
+        are sent as ``idle``, a claim it renews at least every
+        :data:`~topics.clock.IDLE_HEARTBEAT_MS` while it lasts (readers let a claim lapse when
+        it is not renewed: its worker may be dead), and retracts within as long when a
+        partition gets input again. One whose partitions are all read to their end without
+        a record says that alone.
         """
         covers, idle = self._vouched()
+        wall_ms = to_ms(now)
+        if idle != self._idle_sent:  # claims made or retracted: rate-limited on their own
+            due = wall_ms - self._idle_tick_ms >= IDLE_HEARTBEAT_MS
+        else:  # a renewal: due a heartbeat after the last tick of any kind
+            due = bool(idle) and wall_ms - self._ticked_ms >= IDLE_HEARTBEAT_MS
         seen = self.clock_now()
         if seen < 0:
             # Nothing read yet; once every partition of this worker is read to its end (it
-            # holds nothing), say so once, without a time.
-            if covers is None or idle != covers or idle == self._idle_sent:
+            # holds nothing), say so, and renew it while it lasts, without a time.
+            if covers is None or idle != covers or not due:
                 return
             self._idle_sent = idle
+            self._ticked_ms = self._idle_tick_ms = wall_ms
             self._send_tick(result, ClockTick(
                 event_id=stable_id("clock-idle", *idle), event_time=from_ms(0),
                 source=self.stage, covers=[], idle=idle, inputs=_INPUT_PARTITIONS,
+                sent_ms=wall_ms,
             ))  # fmt: skip
             return
         minute = seen - seen % 60_000
         if minute <= self.clock_ms:
-            # The minute did not move, but which partitions are at their end may have: a
-            # reader combining several workers needs that (a worker at its end no longer
-            # holds the clock back). Never a time older than one already sent.
-            wall_ms = to_ms(now)
-            if covers is None or idle == self._idle_sent:
-                return
-            if wall_ms - self._idle_tick_ms < _IDLE_TICK_MS:
+            # The minute did not move, but which partitions are at their end may have, or a
+            # claim is due for renewal: a reader combining several workers needs that (a
+            # worker at its end no longer holds the clock back, while it says so). At most
+            # once a heartbeat (a paced stream flips them at every batch); never a time older
+            # than one already sent (but after an assignment, see assign).
+            if covers is None or not due:
                 return
             self._idle_tick_ms = wall_ms
             minute = self.clock_ms
         self.clock_ms = minute
         self._idle_sent = idle
+        self._ticked_ms = wall_ms
         self._send_tick(result, ClockTick(
             event_id=stable_id("clock", minute, *(covers or ()), "idle", *idle),
             event_time=from_ms(minute),
@@ -211,6 +232,7 @@ class IngestProcessor:
             covers=covers,
             idle=idle,
             inputs=None if covers is None else _INPUT_PARTITIONS,
+            sent_ms=None if covers is None else wall_ms,
         ))  # fmt: skip
 
     def _vouched(self) -> tuple[list[str] | None, list[str]]:

@@ -38,6 +38,7 @@ from confluent_kafka import (
 from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, EVENT_TIME, STAGE_INPUT, STAGE_OUTPUT
 from streams.settings import Settings
 from topics.catalog import CATALOG
+from topics.clock import IDLE_HEARTBEAT_MS
 
 __all__ = ["ConnectError", "Output", "Stage", "TransactionalLoop", "watermarks"]
 
@@ -509,8 +510,9 @@ _OFFSETS_DEADLINE_S = 45.0
 """Longest wait for send_offsets_to_transaction (its own timeout is 30 s), see _within."""
 _SAMPLE_S = 5.0
 """Seconds between samples of the consumer lag and the stage's event times."""
-_IDLE_TICK_S = 1.0
-"""Seconds without input after which the ingest may send a tick it held back."""
+_IDLE_TICK_S = IDLE_HEARTBEAT_MS / 1000
+"""Seconds without input after which the ingest may send a tick it held back (or renew its
+claim that its partitions are read to their end, :mod:`topics.clock`)."""
 
 _RESTORE_IDLE_S = 30.0
 """Seconds without a record or an end-of-partition event before a restore gives up."""

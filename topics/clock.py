@@ -14,7 +14,24 @@ and whose partitions are all at their end sends them as idle without covering th
 
 When input partitions move to another worker (a rebalance), the new owner's ticks cover
 them; the old owner's last word about them stays true (what it committed was written before
-its tick), so the latest time per input partition is kept.
+its tick), so the latest time per input partition is kept. The new owner's first ticks may
+be older than its last ones (:meth:`streams.ingest.IngestProcessor.assign`): it vouches for
+a partition taken over only as far as it has read it.
+
+"Read to its end" is only true when it is said, so an idle claim is a lease: a worker renews
+it with a tick at least every :data:`IDLE_HEARTBEAT_MS` while its partitions stay idle
+(``sent_ms``, its wall clock), and a reader stops honouring a claim not renewed for
+:data:`IDLE_LEASE_MS`, measured on the newest ``sent_ms`` any worker's tick carried. Without
+that, a worker that died at its end (SIGKILL, a lost host) kept its partitions idle until
+another worker took them over, a session timeout later, while the other workers' ticks moved
+the clock on past the records that reached the dead worker's partitions meanwhile. A lapsed
+claim holds the clock at the partition's latest vouched time, as a partition still being
+read does, until its new owner covers it. Ticks without ``sent_ms`` (one writer, older
+workers) keep their claims until a later tick retracts them.
+
+Both gaps showed in the fault test: a second ingest worker SIGKILLed near the end of a
+stream whose last records (chargebacks) lie weeks ahead, and billing dead-lettered 201 meter
+readings of one session as arriving after its bill was final.
 
 A tick without ``inputs`` (one writer, or ticks written before ``covers`` existed) vouches
 for everything at its time.
@@ -37,6 +54,18 @@ True
 95
 >>> InputClock().observe(tick(7)) // 60_000                         # one writer
 7
+
+A worker at its end stops renewing its claim (it died): the clock waits for its partition.
+
+>>> def leased(minute, covers, idle=(), sent_s=0):
+...     return ClockTick(event_id="c", event_time=from_ms(minute * 60_000), source="ingest",
+...                      covers=covers, idle=list(idle), inputs=2, sent_ms=sent_s * 1000)
+>>> clock = InputClock()
+>>> _ = clock.observe(leased(50, ["ocpp_frames/1"], idle=["ocpp_frames/1"], sent_s=10))
+>>> clock.observe(leased(120, ["ocpp_frames/0"], sent_s=10)) // 60_000  # 1 is idle
+120
+>>> clock.observe(leased(130, ["ocpp_frames/0"], sent_s=12)) // 60_000  # its lease lapsed
+50
 """
 
 from __future__ import annotations
@@ -46,7 +75,15 @@ import msgspec
 from topics.records import ClockTick
 from topics.times import to_ms
 
-__all__ = ["InputClock", "InputClockState"]
+__all__ = ["IDLE_HEARTBEAT_MS", "IDLE_LEASE_MS", "InputClock", "InputClockState"]
+
+IDLE_HEARTBEAT_MS = 250
+"""A worker with partitions read to their end sends a tick at least this often (wall clock),
+renewing its claim."""
+IDLE_LEASE_MS = 1_000
+"""A reader honours an idle claim this long after its last renewal (on the newest ``sent_ms``
+seen): four heartbeats, so a worker late by a few hundred milliseconds only delays the clock.
+Hosts' clocks must agree to well within this (NTP does)."""
 
 
 class InputClockState(msgspec.Struct, kw_only=True):
@@ -56,49 +93,82 @@ class InputClockState(msgspec.Struct, kw_only=True):
 
     latest: dict[str, int] = {}
     idle: list[str] = []
+    renewed: dict[str, int] = {}
+    """Idle claims that are leases: when each was last renewed (``sent_ms`` scale)."""
+    wall_ms: int = -1
+    """The newest ``sent_ms`` seen."""
 
 
 class InputClock:
     """Latest vouched time per input partition, for the ticks of one output partition."""
 
-    __slots__ = ("changed", "idle", "latest")
+    __slots__ = ("changed", "idle", "latest", "renewed", "wall_ms")
 
-    def __init__(self, latest: dict[str, int] | None = None, idle: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        latest: dict[str, int] | None = None,
+        idle: set[str] | None = None,
+        renewed: dict[str, int] | None = None,
+        wall_ms: int = -1,
+    ) -> None:
         self.latest: dict[str, int] = dict(latest or {})
         self.idle: set[str] = set(idle or ())
+        self.renewed: dict[str, int] = dict(renewed or {})
+        """Per idle claim made with a lease, the newest ``sent_ms`` seen when it was renewed."""
+        self.wall_ms = wall_ms
+        """The newest ``sent_ms`` any tick carried: the readers' measure of the lease."""
         self.changed = False
         """Set when a tick changed what the clock knows (a reader keeping it in a changelog
         writes it then, and clears this)."""
 
     def state(self) -> InputClockState:
         """What to keep in a changelog."""
-        return InputClockState(latest=dict(self.latest), idle=sorted(self.idle))
+        return InputClockState(
+            latest=dict(self.latest), idle=sorted(self.idle), renewed=dict(self.renewed),
+            wall_ms=self.wall_ms,
+        )  # fmt: skip
 
     @classmethod
     def from_state(cls, state: InputClockState) -> InputClock:
         """The clock a changelog row kept."""
-        return cls(state.latest, set(state.idle))
+        return cls(state.latest, set(state.idle), state.renewed, state.wall_ms)
 
     def observe(self, tick: ClockTick) -> int | None:
         """The time every input partition has reached after ``tick``, ms (None: not known)."""
         at = to_ms(tick.event_time)
         if tick.inputs is None:
             return at
+        sent = tick.sent_ms
+        if sent is not None and sent > self.wall_ms:
+            self.wall_ms = sent
+            self.changed = True
         idle = set(tick.idle)
-        before = len(self.idle)
         for name in tick.covers or ():
             if name not in idle and name in self.idle:
                 self.idle.discard(name)
+                self.renewed.pop(name, None)
                 self.changed = True
             if at > self.latest.get(name, -1):
                 self.latest[name] = at
                 self.changed = True
-        self.idle |= idle
-        if len(self.idle) != before:
-            self.changed = True
-        if len(self.idle | self.latest.keys()) < tick.inputs:
+        for name in idle:
+            if name not in self.idle:
+                self.idle.add(name)
+                self.changed = True
+            if sent is None:
+                if self.renewed.pop(name, None) is not None:
+                    self.changed = True
+            elif self.renewed.get(name) != self.wall_ms:
+                self.renewed[name] = self.wall_ms
+                self.changed = True
+        idle_now = {
+            name
+            for name in self.idle
+            if name not in self.renewed or self.wall_ms - self.renewed[name] <= IDLE_LEASE_MS
+        }
+        if len(idle_now | self.latest.keys()) < tick.inputs:
             return None
-        busy = [ms for name, ms in self.latest.items() if name not in self.idle]
+        busy = [ms for name, ms in self.latest.items() if name not in idle_now]
         if busy:
             return min(busy)
         return max(self.latest.values(), default=None)

@@ -415,6 +415,10 @@ class ClockTick(Event, kw_only=True, frozen=True):
     has read nothing): they do not hold the clock back."""
     inputs: int | None = None
     """How many input partitions there are in all (None: one writer vouches for all)."""
+    sent_ms: int | None = None
+    """The sender's wall clock (Unix ms) when it sent the tick: its ``idle`` claims are
+    leases renewed by each tick (:data:`topics.clock.IDLE_LEASE_MS`); None: they hold until
+    retracted."""
 
 
 class DeadLetter(Event, kw_only=True, frozen=True):

@@ -351,3 +351,98 @@ def test_a_billing_partition_taken_over_keeps_what_every_ingest_worker_vouched_f
 
 def to_ms_of(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _hb(partition: int, at: str, offset: int) -> tuple[str, int, int, bytes, bytes]:
+    """An OCPP Heartbeat frame received at ``at``: moves the ingest's input time only."""
+    envelope = {"station_id": f"CP-{partition}", "received_at": at, "protocol": "ocpp1.6",
+                "frame": [2, f"hb{offset}", "Heartbeat", {}]}  # fmt: skip
+    return (FRAMES, partition, offset, f"CP-{partition}".encode(), orjson.dumps(envelope))
+
+
+def _observe(clock: object, *results: BatchResult) -> int | None:
+    """Feed the ticks of ``results`` (session_events[0]) to an InputClock; its last answer."""
+    now_ms = None
+    for r in results:
+        for *_, v in _ticks(r, "session_events", 0):
+            now_ms = clock.observe(decode(v, ClockTick))  # type: ignore[attr-defined]
+    return now_ms
+
+
+def test_a_worker_at_its_end_renews_its_claim_every_heartbeat() -> None:
+    from topics.clock import IDLE_HEARTBEAT_MS
+
+    p = IngestProcessor(hash_secret=b"k")
+    mine = [(FRAMES, 1)]
+    p.assign(mine)
+    p.process([_hb(1, "2024-03-01T11:00:00Z", 0)], now=NOW)
+    p.mark_caught_up(mine)
+    [claim] = [decode(v, ClockTick) for *_, v in _ticks(p.tick(NOW), "session_events", 0)]
+    assert claim.idle == ["ocpp_frames/1"] and claim.sent_ms == int(NOW.timestamp() * 1000)
+    soon = NOW + timedelta(milliseconds=IDLE_HEARTBEAT_MS - 1)
+    assert p.tick(soon).outputs == []  # not due yet
+    later = NOW + timedelta(milliseconds=IDLE_HEARTBEAT_MS)
+    [renewal] = [decode(v, ClockTick) for *_, v in _ticks(p.tick(later), "session_events", 0)]
+    assert renewal.idle == claim.idle and renewal.sent_ms == claim.sent_ms + IDLE_HEARTBEAT_MS  # type: ignore[operator]
+    assert renewal.event_time == claim.event_time
+
+
+def test_a_dead_workers_claim_lapses_and_holds_the_clock_until_its_partitions_are_taken_over() -> (
+    None
+):
+    """Two ingest workers; b reads frames[1] to its end (11:00) and is SIGKILLed. Records
+    reach frames[1] (11:05) while a, reading the rest, moves on to 13:00. Once b's claim is
+    not renewed for the lease, frames[1] holds the clock at 11:00 again, so billing does not
+    take 13:00 for the time of records still unread there (a fault test saw a session billed
+    and closed before its readings, on a clock weeks ahead). A live b keeps the clock moving.
+    """
+    from streams.ingest import INPUT_TOPICS
+    from topics.clock import IDLE_HEARTBEAT_MS, IDLE_LEASE_MS, InputClock
+
+    inputs = [(topic(t), p) for t in INPUT_TOPICS for p in range(SESSION_PARTITIONS)]
+    b_owns = [tp for tp in inputs if tp[1] % 2 == 1]
+    a_owns = [tp for tp in inputs if tp not in b_owns]
+
+    def start() -> tuple[IngestProcessor, IngestProcessor, InputClock]:
+        a, b = IngestProcessor(hash_secret=b"k"), IngestProcessor(hash_secret=b"k")
+        a.assign(a_owns)
+        b.assign(b_owns)
+        a.mark_caught_up([tp for tp in a_owns if tp != (FRAMES, 0)])
+        b.mark_caught_up([tp for tp in b_owns if tp != (FRAMES, 1)])
+        clock = InputClock()
+        _observe(clock, a.process([_hb(0, "2024-03-01T10:30:00Z", 0)], now=NOW))
+        _observe(clock, b.process([_hb(1, "2024-03-01T11:00:00Z", 0)], now=NOW))
+        b.mark_caught_up([(FRAMES, 1)])
+        _observe(clock, b.tick(NOW))  # b at its end: frames[1] no longer holds the clock
+        return a, b, clock
+
+    def ms(text: str) -> int:
+        return to_ms_of(text) - to_ms_of(text) % 60_000
+
+    step = timedelta(milliseconds=IDLE_HEARTBEAT_MS)
+    lapse = NOW + timedelta(milliseconds=IDLE_LEASE_MS) + step
+
+    # b lives: it renews its claim, and a's progress is the clock.
+    a, b, clock = start()
+    t = NOW
+    while t < lapse:
+        t += step
+        _observe(clock, b.tick(t))
+    assert _observe(clock, a.process([_hb(0, "2024-03-01T13:00:00Z", 1)], now=t)) == ms(
+        "2024-03-01T13:00:00Z"
+    )
+
+    # b dies at its end: its claim lapses and frames[1] holds the clock at 11:00.
+    a, b, clock = start()
+    _observe(clock, a.process([_hb(0, "2024-03-01T13:00:00Z", 1)], now=lapse))
+    a.mark_caught_up([(FRAMES, 0)])
+    assert _observe(clock, a.tick(lapse + step)) == ms("2024-03-01T11:00:00Z")
+
+    # a takes b's partitions over and reads the record that reached frames[1] meanwhile:
+    # its tick vouches for 11:05 (not its own 13:00), and once at its end the clock moves on.
+    a.assign(b_owns)
+    a.mark_caught_up([tp for tp in b_owns if tp != (FRAMES, 1)])
+    taken = a.process([_hb(1, "2024-03-01T11:05:00Z", 1)], now=lapse + 2 * step)
+    assert _observe(clock, taken) == ms("2024-03-01T11:05:00Z")
+    a.mark_caught_up([(FRAMES, 1)])
+    assert _observe(clock, a.tick(lapse + 3 * step)) == ms("2024-03-01T13:00:00Z")
