@@ -504,11 +504,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         mark("SIGTERM billing-b (leaves)")
         # 0, or 1 when a Kafka call failed since the broker's return: blocked in
         # send_offsets_to_transaction (the deadline of streams/loop.py), timed out by
-        # itself, or a transaction whose messages failed delivery.
+        # itself, or a transaction whose messages failed delivery; or -15 when that happened
+        # just before and the supervisor's restart was still starting (reading the reference
+        # topics, before its signal handlers: it held nothing yet; a local run saw it).
         rc = workers.kill("billing-b", signal.SIGTERM)
-        assert rc == 0 or (rc == 1 and KAFKA_EXIT in workers.log("billing-b")), workers.log(
-            "billing-b"
-        )[-3000:]
+        revived = any(name == "billing-b" for name, _, _ in workers.revived)
+        assert (
+            rc == 0
+            or (rc == 1 and KAFKA_EXIT in workers.log("billing-b"))
+            or (rc == -signal.SIGTERM and revived and KAFKA_EXIT in workers.log("billing-b"))
+        ), (rc, workers.log("billing-b")[-3000:])
         mark("SIGKILL ingest-b (leaves)")
         # -9, or 1 when it had just exited on a failed Kafka call since the broker's return
         # (a CI run: the supervisor had not restarted it yet).
@@ -752,8 +757,18 @@ def test_poison_on_every_input_goes_to_the_dead_letters_and_nothing_else(
     assert got == expected
     assert all(dl.reason.strip() and dl.error_type for dl in poisoned)
     others = [dl for dl in letters if not (dl.original_key or b"").startswith(POISON)]
-    assert Counter((dl.stage, dl.original_value) for dl in others) == Counter(
-        (dl.stage, dl.original_value) for dl in replayed.dead_letters
+    got_others = Counter((dl.stage, dl.original_value) for dl in others)
+    expected_others = Counter((dl.stage, dl.original_value) for dl in replayed.dead_letters)
+    extra = got_others - expected_others
+    reasons = Counter(
+        (dl.stage, dl.error_type, dl.reason[:160])
+        for dl in others
+        if (dl.stage, dl.original_value) in extra
+    )
+    assert got_others == expected_others, (
+        f"{sum(extra.values())} dead letters the uninterrupted run did not have, by reason "
+        f"{dict(reasons)}; {sum((expected_others - got_others).values())} missing; "
+        f"timeline {run.timeline}"
     )
 
 
