@@ -333,6 +333,7 @@ class DetectionProcessor:
             # sender reads; the partition's time is what all of them vouch for together.
             tick = decode(value, ClockTick)
             clock = self._input_clock(short, partition)
+            before = clock.reached
             at_ms = clock.observe(tick)
             if clock.changed:
                 clock.changed = False
@@ -340,7 +341,7 @@ class DetectionProcessor:
                 key = f"inputs:{short}".encode()
                 self.state.setdefault(partition, {})[key] = kept
                 changed[(partition, key)] = kept
-            if at_ms is not None:
+            if at_ms is not None and at_ms > before:  # not for renewals (topics.clock)
                 self._forward_clock(batch, channel, partition, at_ms)
             return "clock"
         if value is None:

@@ -16,15 +16,14 @@ restored on partition assignment.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
-from confluent_kafka import (
-    Message,
-)
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
 from streams.dead_letters import dead_letter_summary, refuse
 from streams.loop import Output, TransactionalLoop
@@ -52,7 +51,14 @@ from topics.records import (
 )
 from topics.times import from_ms, to_ms
 
-__all__ = ["INPUT_TOPICS", "IngestLoop", "IngestProcessor", "Output", "dead_letter_summary"]
+__all__ = [
+    "INPUT_TOPICS",
+    "IngestLoop",
+    "IngestProcessor",
+    "Output",
+    "TickWatcher",
+    "dead_letter_summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,13 @@ class IngestProcessor:
         """Wall clock of the last tick sent (heartbeats of idle claims count from it)."""
         self._idle_tick_ms = -IDLE_HEARTBEAT_MS
         """Wall clock of the last tick sent only for what is idle (at most one a heartbeat)."""
+        self.others: deque[ClockTick] = deque(maxlen=1000)
+        """Ticks read back from an output partition (:class:`TickWatcher`), all workers'."""
+        self._others_minute: dict[tuple[str, ...], int] = {}
+        self._others_moved_ms = -1
+        """Newest ``sent_ms`` of a tick saying another ingest worker moved on."""
+        self._renewed_for = -1
+        """``_others_moved_ms`` when this worker last sent a tick."""
         self._current: tuple[str, int] = ("", 0)
         self._now_ms = 0
         self._future = 0
@@ -185,18 +198,22 @@ class IngestProcessor:
         up to that minute. The minute is :meth:`clock_now`'s. A worker of a consumer group
         vouches only for the input partitions assigned to it (``covers``; readers combine
         the workers' ticks with :class:`topics.clock.InputClock`); those read to their end
-        are sent as ``idle``, a claim it renews at least every
-        :data:`~topics.clock.IDLE_HEARTBEAT_MS` while it lasts (readers let a claim lapse when
-        it is not renewed: its worker may be dead), and retracts within as long when a
-        partition gets input again. One whose partitions are all read to their end without
-        a record says that alone.
+        are sent as ``idle``, a claim it renews every :data:`~topics.clock.IDLE_HEARTBEAT_MS`
+        while another worker moves on (readers let a claim lapse when it is not renewed: its
+        worker may be dead), and retracts within as long when a partition gets input again.
+        One whose partitions are all read to their end without a record says that alone.
         """
         covers, idle = self._vouched()
         wall_ms = to_ms(now)
+        self._read_others(covers)
         if idle != self._idle_sent:  # claims made or retracted: rate-limited on their own
             due = wall_ms - self._idle_tick_ms >= IDLE_HEARTBEAT_MS
-        else:  # a renewal: due a heartbeat after the last tick of any kind
-            due = bool(idle) and wall_ms - self._ticked_ms >= IDLE_HEARTBEAT_MS
+        else:  # a renewal: while another worker moves on, a heartbeat after the last tick
+            due = (
+                bool(idle)
+                and self._others_moved_ms > self._renewed_for
+                and wall_ms - self._ticked_ms >= IDLE_HEARTBEAT_MS
+            )
         seen = self.clock_now()
         if seen < 0:
             # Nothing read yet; once every partition of this worker is read to its end (it
@@ -205,6 +222,7 @@ class IngestProcessor:
                 return
             self._idle_sent = idle
             self._ticked_ms = self._idle_tick_ms = wall_ms
+            self._renewed_for = self._others_moved_ms
             self._send_tick(result, ClockTick(
                 event_id=stable_id("clock-idle", *idle), event_time=from_ms(0),
                 source=self.stage, covers=[], idle=idle, inputs=_INPUT_PARTITIONS,
@@ -225,6 +243,7 @@ class IngestProcessor:
         self.clock_ms = minute
         self._idle_sent = idle
         self._ticked_ms = wall_ms
+        self._renewed_for = self._others_moved_ms
         self._send_tick(result, ClockTick(
             event_id=stable_id("clock", minute, *(covers or ()), "idle", *idle),
             event_time=from_ms(minute),
@@ -234,6 +253,22 @@ class IngestProcessor:
             inputs=None if covers is None else _INPUT_PARTITIONS,
             sent_ms=None if covers is None else wall_ms,
         ))  # fmt: skip
+
+    def _read_others(self, covers: list[str] | None) -> None:
+        """Note whether another ingest worker moved on (a tick of its with partitions still
+        being read, or a newer minute): this worker's idle claims are then due for renewal.
+        Renewals themselves (all idle, the same minute) do not count, or idle workers would
+        renew each other's forever."""
+        while self.others:
+            tick = self.others.popleft()
+            if tick.covers is None or tick.sent_ms is None or tick.covers == covers:
+                continue  # one writer, an older worker, or this worker's own
+            writer = tuple(tick.covers)
+            minute = to_ms(tick.event_time)
+            busy = len(tick.idle) < len(tick.covers)
+            if busy or minute > self._others_minute.get(writer, -1):
+                self._others_moved_ms = max(self._others_moved_ms, tick.sent_ms)
+            self._others_minute[writer] = max(minute, self._others_minute.get(writer, -1))
 
     def _vouched(self) -> tuple[list[str] | None, list[str]]:
         """(input partitions a tick vouches for, those of them read to their end).
@@ -358,6 +393,9 @@ class IngestStage:
     def caught_up(self, partitions: list[tuple[str, int]]) -> None:
         self.processor.mark_caught_up(partitions)
 
+    def background(self, settings: Settings) -> TickWatcher:
+        return TickWatcher(settings, self.processor.others)
+
     def assigned(self, partitions: list[tuple[str, int]]) -> None:
         self.processor.assign(partitions)
 
@@ -375,6 +413,50 @@ class IngestStage:
             INGEST_EVENTS.labels(topic=short, outcome=outcome).inc(n)
         for reason, n in result.dead_letter_reasons.items():
             DEAD_LETTERS.labels(stage="ingest", error=reason).inc(n)
+
+
+class TickWatcher:
+    """Reads back the clock ticks of every ingest worker (each partition of the output topics
+    has them all; this reads one, ``payment_events[0]``) into ``sink``, so that a worker
+    whose partitions are read to their end renews that claim while another worker moves on
+    (:mod:`topics.clock`: a claim not renewed lapses, as a dead worker's must). A thread
+    with its own consumer (no group, from the partition's end)."""
+
+    def __init__(self, settings: Settings, sink: deque[ClockTick]) -> None:
+        self.sink = sink
+        self._consumer = Consumer(
+            {
+                **settings.kafka.client_config(),
+                "group.id": f"{settings.ingest_group_id}-ticks",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic("payment_events"), 0, OFFSET_END)])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="voltguard-ticks", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                messages = self._consumer.consume(1000, 0.2)
+            except KafkaException as exc:  # the loop's own calls report a dead cluster
+                log.debug("clock tick watcher: %s", exc)
+                continue
+            for m in messages:
+                if m.error() is not None or m.key() != CLOCK_KEY or not m.value():
+                    continue
+                try:
+                    self.sink.append(decode(m.value(), ClockTick))
+                except RecordDecodeError:
+                    continue  # not a tick: billing and detection dead-letter it
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
 
 
 def IngestLoop(

@@ -100,9 +100,11 @@ class Stage(Protocol):
     def record_metrics(self, result: Any) -> None: ...
 
     # Optional: ``event_times() -> dict[str, int]``, the newest event time (Unix ms) the
-    # stage has handled per topic short name, sampled with the consumer lag; and
+    # stage has handled per topic short name, sampled with the consumer lag;
     # ``split(batch) -> list[list[Message]]``, consecutive parts of a batch to commit as
-    # transactions of their own (the router keeps a trigger and its resolve apart).
+    # transactions of their own (the router keeps a trigger and its resolve apart); and
+    # ``background(settings)``, started when the loop runs and ``stop()``-ed when it ends
+    # (the ingest reads the other ingest workers' clock ticks back).
 
 
 class TransactionalLoop:
@@ -292,6 +294,8 @@ class TransactionalLoop:
         last_input = time.monotonic()
         self._assigned_at: float | None = None
         self._ticked_at = time.monotonic()
+        background = getattr(self.stage, "background", None)
+        companion = background(self.settings) if background is not None else None
         try:
             while not self._stop.is_set():
                 messages = self.consumer.consume(
@@ -329,6 +333,8 @@ class TransactionalLoop:
                     if max_idle_s is not None and time.monotonic() - since > max_idle_s:
                         break
         finally:
+            if companion is not None:
+                companion.stop()
             self.consumer.close()
             self.producer.flush(10)
 

@@ -18,10 +18,12 @@ its tick), so the latest time per input partition is kept. The new owner's first
 be older than its last ones (:meth:`streams.ingest.IngestProcessor.assign`): it vouches for
 a partition taken over only as far as it has read it.
 
-"Read to its end" is only true when it is said, so an idle claim is a lease: a worker renews
-it with a tick at least every :data:`IDLE_HEARTBEAT_MS` while its partitions stay idle
-(``sent_ms``, its wall clock), and a reader stops honouring a claim not renewed for
-:data:`IDLE_LEASE_MS`, measured on the newest ``sent_ms`` any worker's tick carried. Without
+"Read to its end" is only true when it is said, so an idle claim is a lease: a reader stops
+honouring a claim not renewed for :data:`IDLE_LEASE_MS`, measured on the newest ``sent_ms``
+(the writers' wall clock) any worker's tick carried. A worker renews its claim, at most
+every :data:`IDLE_HEARTBEAT_MS`, while another worker moves on (it reads the ticks back,
+:class:`streams.ingest.TickWatcher`), so the claims of live workers stay good and nothing is
+sent while every worker is idle. Without
 that, a worker that died at its end (SIGKILL, a lost host) kept its partitions idle until
 another worker took them over, a session timeout later, while the other workers' ticks moved
 the clock on past the records that reached the dead worker's partitions meanwhile. A lapsed
@@ -78,12 +80,13 @@ from topics.times import to_ms
 __all__ = ["IDLE_HEARTBEAT_MS", "IDLE_LEASE_MS", "InputClock", "InputClockState"]
 
 IDLE_HEARTBEAT_MS = 250
-"""A worker with partitions read to their end sends a tick at least this often (wall clock),
-renewing its claim."""
+"""While another ingest worker moves on, a worker with partitions read to their end renews
+that claim with a tick this often (wall clock)."""
 IDLE_LEASE_MS = 1_000
 """A reader honours an idle claim this long after its last renewal (on the newest ``sent_ms``
-seen): four heartbeats, so a worker late by a few hundred milliseconds only delays the clock.
-Hosts' clocks must agree to well within this (NTP does)."""
+seen): four heartbeats, so a worker late by a few hundred milliseconds only delays the clock
+(a lapsed claim holds it until the renewal comes). Hosts' clocks must agree to well within
+this (NTP does)."""
 
 
 class InputClockState(msgspec.Struct, kw_only=True):
@@ -102,7 +105,7 @@ class InputClockState(msgspec.Struct, kw_only=True):
 class InputClock:
     """Latest vouched time per input partition, for the ticks of one output partition."""
 
-    __slots__ = ("changed", "idle", "latest", "renewed", "wall_ms")
+    __slots__ = ("changed", "idle", "latest", "reached", "renewed", "wall_ms")
 
     def __init__(
         self,
@@ -118,8 +121,12 @@ class InputClock:
         self.wall_ms = wall_ms
         """The newest ``sent_ms`` any tick carried: the readers' measure of the lease."""
         self.changed = False
-        """Set when a tick changed what the clock knows (a reader keeping it in a changelog
-        writes it then, and clears this)."""
+        """Set when a tick changed which partitions are idle or their times (a reader keeping
+        the clock in a changelog writes it then, and clears this). Renewals alone do not set
+        it: a restored clock has older renewals, which lapse until the next ones, so the
+        clock only waits for them (a reader writes no changelog row per heartbeat)."""
+        self.reached = -1
+        """The newest time :meth:`observe` answered (not kept: a restored clock starts over)."""
 
     def state(self) -> InputClockState:
         """What to keep in a changelog."""
@@ -141,7 +148,6 @@ class InputClock:
         sent = tick.sent_ms
         if sent is not None and sent > self.wall_ms:
             self.wall_ms = sent
-            self.changed = True
         idle = set(tick.idle)
         for name in tick.covers or ():
             if name not in idle and name in self.idle:
@@ -156,11 +162,9 @@ class InputClock:
                 self.idle.add(name)
                 self.changed = True
             if sent is None:
-                if self.renewed.pop(name, None) is not None:
-                    self.changed = True
-            elif self.renewed.get(name) != self.wall_ms:
+                self.renewed.pop(name, None)
+            else:
                 self.renewed[name] = self.wall_ms
-                self.changed = True
         idle_now = {
             name
             for name in self.idle
@@ -169,6 +173,6 @@ class InputClock:
         if len(idle_now | self.latest.keys()) < tick.inputs:
             return None
         busy = [ms for name, ms in self.latest.items() if name not in idle_now]
-        if busy:
-            return min(busy)
-        return max(self.latest.values(), default=None)
+        now = min(busy) if busy else max(self.latest.values(), default=-1)
+        self.reached = max(self.reached, now)
+        return now if now >= 0 else None

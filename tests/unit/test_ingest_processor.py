@@ -369,7 +369,7 @@ def _observe(clock: object, *results: BatchResult) -> int | None:
     return now_ms
 
 
-def test_a_worker_at_its_end_renews_its_claim_every_heartbeat() -> None:
+def test_a_worker_at_its_end_renews_its_claim_while_another_moves_on() -> None:
     from topics.clock import IDLE_HEARTBEAT_MS
 
     p = IngestProcessor(hash_secret=b"k")
@@ -379,12 +379,31 @@ def test_a_worker_at_its_end_renews_its_claim_every_heartbeat() -> None:
     p.mark_caught_up(mine)
     [claim] = [decode(v, ClockTick) for *_, v in _ticks(p.tick(NOW), "session_events", 0)]
     assert claim.idle == ["ocpp_frames/1"] and claim.sent_ms == int(NOW.timestamp() * 1000)
-    soon = NOW + timedelta(milliseconds=IDLE_HEARTBEAT_MS - 1)
-    assert p.tick(soon).outputs == []  # not due yet
     later = NOW + timedelta(milliseconds=IDLE_HEARTBEAT_MS)
+    assert p.tick(later).outputs == []  # nobody else moved: nothing to renew
+
+    other = msgspec.structs.replace(claim, covers=["ocpp_frames/0"], idle=[], sent_ms=5)
+    p.others.append(other)  # another worker, still reading ocpp_frames/0
+    soon = NOW + timedelta(milliseconds=IDLE_HEARTBEAT_MS - 1)
+    assert p.tick(soon).outputs == []  # a heartbeat after the last tick at most
     [renewal] = [decode(v, ClockTick) for *_, v in _ticks(p.tick(later), "session_events", 0)]
-    assert renewal.idle == claim.idle and renewal.sent_ms == claim.sent_ms + IDLE_HEARTBEAT_MS  # type: ignore[operator]
-    assert renewal.event_time == claim.event_time
+    assert renewal.idle == claim.idle and renewal.event_time == claim.event_time
+    assert renewal.sent_ms == claim.sent_ms + IDLE_HEARTBEAT_MS  # type: ignore[operator]
+    assert p.tick(later + timedelta(seconds=1)).outputs == []  # renewed for that one already
+
+    # The other's renewals (all idle, the same minute) do not count, or idle workers would
+    # renew each other's claims forever; its newer minute does.
+    idle_other = msgspec.structs.replace(other, idle=["ocpp_frames/0"], sent_ms=6)
+    p.others.append(idle_other)
+    p.others.append(msgspec.structs.replace(idle_other, sent_ms=7))
+    assert p.tick(later + timedelta(seconds=2)).outputs == []
+    moved = msgspec.structs.replace(
+        idle_other, event_time=claim.event_time + timedelta(minutes=1), sent_ms=8
+    )
+    p.others.append(moved)
+    assert p.tick(later + timedelta(seconds=3)).outputs != []
+    p.others.append(claim)  # its own ticks, read back, do not count either
+    assert p.tick(later + timedelta(seconds=4)).outputs == []
 
 
 def test_a_dead_workers_claim_lapses_and_holds_the_clock_until_its_partitions_are_taken_over() -> (
@@ -422,15 +441,13 @@ def test_a_dead_workers_claim_lapses_and_holds_the_clock_until_its_partitions_ar
     step = timedelta(milliseconds=IDLE_HEARTBEAT_MS)
     lapse = NOW + timedelta(milliseconds=IDLE_LEASE_MS) + step
 
-    # b lives: it renews its claim, and a's progress is the clock.
+    # b lives: a moves on after b's claim lapsed, which holds the clock until b, seeing a's
+    # tick, renews its claim; then a's progress is the clock.
     a, b, clock = start()
-    t = NOW
-    while t < lapse:
-        t += step
-        _observe(clock, b.tick(t))
-    assert _observe(clock, a.process([_hb(0, "2024-03-01T13:00:00Z", 1)], now=t)) == ms(
-        "2024-03-01T13:00:00Z"
-    )
+    moved = a.process([_hb(0, "2024-03-01T13:00:00Z", 1)], now=lapse)
+    assert _observe(clock, moved) == ms("2024-03-01T11:00:00Z")
+    b.others.extend(decode(v, ClockTick) for *_, v in _ticks(moved, "payment_events", 0))
+    assert _observe(clock, b.tick(lapse + step)) == ms("2024-03-01T13:00:00Z")
 
     # b dies at its end: its claim lapses and frames[1] holds the clock at 11:00.
     a, b, clock = start()
