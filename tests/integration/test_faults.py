@@ -603,11 +603,13 @@ def test_the_faults_happened_mid_stream(run: Run) -> None:
     revived = [(n, rc) for n, rc, _ in run.revived]
     others = [(n, rc) for n, rc in run.exits if rc != -signal.SIGKILL and (n, rc) not in revived]
     failed = [(n, rc) for n, rc in others if rc != 0]
-    # Only the two workers the test stops for good may have ended on a failed Kafka call.
-    assert len(failed) == len(set(failed)) and set(failed) <= {("billing-b", 1), ("ingest-b", 1)}
-    for name, _ in failed:
+    # Only the two workers the test stops for good may have ended on a failed Kafka call
+    # (billing-b by SIGTERM's default action while it was ending on one: see run).
+    allowed = {("billing-b", 1), ("billing-b", -signal.SIGTERM), ("ingest-b", 1)}
+    assert len(failed) == len(set(failed)) and set(failed) <= allowed
+    for name, rc in failed:
         assert KAFKA_EXIT in run.logs[name]
-        print(f"\n{name} exited 1 when stopped: a Kafka call failed (or was blocked)")
+        print(f"\n{name} exited {rc} when stopped: a Kafka call failed (or was blocked)")
     # A worker may exit on the broker's loss (then it is restarted, as by a supervisor); it
     # must not hang: wait_caught_up would have timed out.
     for name, rc, tail in run.revived:
