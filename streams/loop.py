@@ -304,10 +304,13 @@ class TransactionalLoop:
                 batch = [m for m in messages if self._usable(m)]
                 ends = [(m.topic(), m.partition()) for m in messages if _is_eof(m)]
                 if batch:
-                    last_input = time.monotonic()
                     split = getattr(self.stage, "split", None)
                     for part in [batch] if split is None else split(batch):
                         self._transact(part)
+                    # Idle time counts from the end of the last batch: one that took longer
+                    # than max_idle_s (a slow destination, many parts) is not idle time, and
+                    # counting it could end a run with input still unread.
+                    last_input = time.monotonic()
                 if ends and hasattr(self.stage, "caught_up"):
                     # After the batch: partitions read to their end (e.g. the ingest clock
                     # stops waiting for them), and whatever that releases, in its own
@@ -327,8 +330,8 @@ class TransactionalLoop:
                 if time.monotonic() - self._sampled_at >= _SAMPLE_S:
                     self._sample()
                 if not batch:
-                    # Idle time counts from the later of the last input and the assignment,
-                    # so a slow group join is not mistaken for an idle stream.
+                    # Idle time counts from the later of the last batch's end and the
+                    # assignment, so a slow group join is not mistaken for an idle stream.
                     since = max(last_input, self._assigned_at or time.monotonic())
                     if max_idle_s is not None and time.monotonic() - since > max_idle_s:
                         break

@@ -201,7 +201,9 @@ MODEL_LOADED = Gauge(
 ROUTER_NOTICES = Counter(
     "voltguard_router_notices_total",
     "What the router did with each (notice, destination): delivered, failed, "
-    "already_recorded (a restart or republication: not sent again) or unrouted (no route).",
+    "already_recorded (a restart or republication: not sent again), stale (a reconciliation "
+    "revision older than the opposite action delivered: input read again) or unrouted (no "
+    "route).",
     ["outcome"],
 )
 INGRESS_REQUESTS = Counter(

@@ -26,6 +26,14 @@ PagerDuty that is harmless (the same ``dedup_key`` updates the open incident, an
 resolve is a no-op) because a trigger and the resolve of the same notice are never in one
 transaction (:meth:`RouterStage.split`): redone together they would open a second incident.
 For Slack it is a duplicate message, as incoming webhooks have no idempotency key.
+
+The record also keeps each reconciliation delivery's ``revision``. A result older than the
+opposite action already delivered for it (a mismatch at or below the delivered resolve's
+revision, a ``matched`` below the delivered trigger's) is not sent but counted ``stale``
+and logged: revisions only grow per result id, so only input read again can be older, and
+sending it would open a second incident or close the open one. The fault test twice saw an
+incident opened twice without a cause found; input read again while the record was newer
+gives exactly that, and this rules it out whatever the cause.
 """
 
 from __future__ import annotations
@@ -201,6 +209,8 @@ class RouterStage:
         self.input_topics = (self._alerts, self._mismatches)
         self.records: dict[int, dict[str, str]] = {}
         """Per partition: record key -> status (delivered, failed)."""
+        self.revisions: dict[int, dict[str, int]] = {}
+        """Per partition: record key -> the reconciliation revision it was for."""
         self.newest_ms: dict[str, int] = {}
         """Newest event time of the alerts and mismatches read, per topic short name."""
 
@@ -215,6 +225,22 @@ class RouterStage:
 
     def _done(self, partition: int, key: str) -> str | None:
         return self.records.get(partition, {}).get(key)
+
+    def _stale(self, partition: int, notice: Notice, dest: str, action: alerts.Action) -> bool:
+        """Whether a reconciliation result is older than the opposite action already
+        delivered for it: a mismatch at or below the revision of the resolve sent, or a
+        ``matched`` below the revision of the trigger sent. Revisions only grow per result
+        id, so only input read again can be (a redo of an uncommitted batch is not: its
+        rows were not committed either); sending it would open a second incident, or close
+        the open one. Fraud alerts have no revision and are never stale."""
+        revision = notice.details.get("revision") if notice.source == "reconciliation" else None
+        if revision is None:
+            return False
+        other = "trigger" if action == "resolve" else "resolve"
+        done = self.revisions.get(partition, {}).get(f"{notice.key}|{dest}|{other}")
+        if done is None:
+            return False
+        return done >= revision if action == "trigger" else done > revision
 
     def split(self, batch: list[Message]) -> list[list[Message]]:
         """The batch in consecutive parts, each its own transaction, such that no part holds
@@ -294,6 +320,15 @@ class RouterStage:
                 if self._done(p, d.record_key) is not None or d.record_key in pending:
                     out.counts["already_recorded"] += 1
                     continue
+                if self._stale(p, notice, dest.name, action):  # type: ignore[arg-type]
+                    out.counts["stale"] += 1
+                    log.warning(
+                        "not sending %s (revision %s) from %s[%d]@%d: a later revision's %s "
+                        "was delivered", d.record_key, notice.details.get("revision"),
+                        message[0], message[1], message[2],
+                        "resolve" if action == "trigger" else "trigger",
+                    )  # fmt: skip
+                    continue
                 pending[d.record_key] = d
         deliveries = list(pending.values())
         if deliveries:
@@ -303,6 +338,10 @@ class RouterStage:
             out.counts[d.status] += 1
             self.records.setdefault(d.partition, {})[d.record_key] = d.status
             row = {"status": d.status, "attempts": d.attempts, "at": now.isoformat()}
+            revision = d.notice.details.get("revision")
+            if d.notice.source == "reconciliation" and revision is not None:
+                row["revision"] = revision
+                self.revisions.setdefault(d.partition, {})[d.record_key] = revision
             if d.error:
                 row["error"] = d.error
             out.outputs.append(
@@ -314,6 +353,7 @@ class RouterStage:
                 # so a result that mismatches again after its resolve pages again.
                 other = "trigger" if d.action == "resolve" else "resolve"
                 opposite = f"{d.notice.key}|{d.dest.name}|{other}"
+                self.revisions.get(d.partition, {}).pop(opposite, None)
                 if self.records[d.partition].pop(opposite, None) is not None:
                     out.outputs.append(
                         Output(self.changelog_topic, opposite.encode(), None, d.partition)
@@ -331,15 +371,24 @@ class RouterStage:
 
     def restore(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> int:
         table = self.records.setdefault(partition, {})
+        revisions = self.revisions.setdefault(partition, {})
         for key, value in records:
+            name = key.decode()
             if value is None:
-                table.pop(key.decode(), None)
+                table.pop(name, None)
+                revisions.pop(name, None)
+                continue
+            row = msgspec.json.decode(value)
+            table[name] = row["status"]
+            if isinstance(row.get("revision"), int):
+                revisions[name] = row["revision"]
             else:
-                table[key.decode()] = msgspec.json.decode(value)["status"]
+                revisions.pop(name, None)
         return len(table)
 
     def forget(self, partition: int) -> None:
         self.records.pop(partition, None)
+        self.revisions.pop(partition, None)
 
     def record_metrics(self, result: RouterBatch) -> None:
         from streams.metrics import ALERT_DELIVERIES, DEAD_LETTERS, ROUTER_NOTICES
