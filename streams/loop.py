@@ -251,6 +251,8 @@ class TransactionalLoop:
                     idle_since = time.monotonic()
                     while True:
                         msg = restorer.poll(0.2)
+                        if msg is not None and msg.partition() not in (p, -1, None):
+                            continue  # left over from the partition restored before
                         if msg is not None and msg.error() is not None:
                             if msg.error().code() == KafkaError._PARTITION_EOF:
                                 break  # the end, past any trailing transaction markers
@@ -530,6 +532,7 @@ _TRANSIENT = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,  # the broker gone: its metadata with it (a restart)
     KafkaError._TRANSPORT,
     KafkaError._TIMED_OUT,
 )
