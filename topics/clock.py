@@ -23,10 +23,10 @@ honouring a claim not renewed for :data:`IDLE_LEASE_MS`, measured on the newest 
 (the writers' wall clock) any worker's tick carried. A worker renews its claim, at most
 every :data:`IDLE_HEARTBEAT_MS`, while another worker moves on (it reads the ticks back,
 :class:`streams.ingest.TickWatcher`), so the claims of live workers stay good and nothing is
-sent while every worker is idle. Without
-that, a worker that died at its end (SIGKILL, a lost host) kept its partitions idle until
-another worker took them over, a session timeout later, while the other workers' ticks moved
-the clock on past the records that reached the dead worker's partitions meanwhile. A lapsed
+sent while every worker is idle. Without that, a worker that died at its end (SIGKILL, a
+lost host) kept its partitions idle until another worker took them over, a session timeout
+later, while the other workers' ticks moved the clock on past the records that reached the
+dead worker's partitions meanwhile. A lapsed
 claim holds the clock at the partition's latest vouched time, as a partition still being
 read does, until its new owner covers it. Ticks without ``sent_ms`` (one writer, older
 workers) keep their claims until a later tick retracts them.

@@ -165,8 +165,8 @@ def group_backlog(bootstrap: str, group: str, short: str) -> list[int] | None:
     an aborted transaction (its records and the abort marker): nothing is left to consume,
     yet offsets stay uncommitted, as no consumer commits again before new input. Two CI runs
     of the fault test waited 200 s on a partition 2 offsets short, most likely that. Clock
-    ticks do not count: an ingest worker at its end renews its claim every 250 ms
-    (topics/clock.py), so its readers always have a few ticks to read.
+    ticks do not count: an ingest worker at its end renews its claim every 250 ms while
+    another moves on (topics/clock.py), so its readers may have a few ticks left to read.
     """
     lags = group_lag(bootstrap, group, short)
     if lags is None or max(lags, default=0) <= 0:
@@ -188,7 +188,7 @@ def group_backlog(bootstrap: str, group: str, short: str) -> list[int] | None:
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         ended.add(m.partition())
                     continue
-                if m.key() != CLOCK_KEY:  # idle ingest workers renew their claims forever
+                if m.key() != CLOCK_KEY:  # ticks, e.g. renewals of idle claims, are not input
                     backlog[m.partition()] += 1
         if len(ended) < len(behind):
             return None  # could not read to the end: say nothing

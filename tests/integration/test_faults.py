@@ -506,8 +506,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         # send_offsets_to_transaction (the deadline of streams/loop.py), timed out by
         # itself, or a transaction whose messages failed delivery; or -15 when the signal
         # came after such a failure while it was ending (past its signal handlers: the
-        # default action kills it) or while the supervisor's restart was still starting
-        # (before its handlers; it held nothing). Local runs saw -15 twice.
+        # default action kills it; local runs saw that twice) or, the same way, while the
+        # supervisor's restart was still starting (before its handlers; it held nothing).
         rc = workers.kill("billing-b", signal.SIGTERM)
         assert rc == 0 or (rc in (1, -signal.SIGTERM) and KAFKA_EXIT in workers.log("billing-b")), (
             rc,
